@@ -1,0 +1,302 @@
+"""Typed, validated pipeline configuration.
+
+YAML file + dotted ``key=value`` overrides -> :class:`PipelineConfig`. Every model forbids
+unknown keys, so a typo is an error that names the key and the closest valid one before any
+work starts (:class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the person who wrote the config."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+# --------------------------------------------------------------------------------------- run
+class RunConfig(StrictModel):
+    name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Deterministic kernels make CI gates tight; costs a little speed on GPU.
+    deterministic: bool = True
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads; None = torch default")
+
+
+# -------------------------------------------------------------------------------------- data
+class AugmentConfig(StrictModel):
+    hflip: bool = True
+    scale: tuple[float, float] = (0.75, 1.25)
+    rotate_degrees: float = Field(0.0, ge=0, le=180)
+    color_jitter: float = Field(0.2, ge=0, le=1)
+
+    @field_validator("scale")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError("scale must be (low, high) with 0 < low <= high")
+        return v
+
+
+class DataConfig(StrictModel):
+    dataset: Literal["synthetic"] = "synthetic"
+    root: Path | None = None
+    image_size: int = Field(64, ge=32, description="training crop / synthetic image side, pixels")
+    train_size: int = Field(2000, ge=1, description="synthetic dataset: images in the train split")
+    val_size: int = Field(300, ge=1, description="synthetic dataset: images in the val split")
+    seed: int = Field(0, description="synthetic dataset: generator seed (independent of run.seed)")
+    augment: AugmentConfig = AugmentConfig()
+    workers: int = Field(0, ge=0)
+
+
+# ------------------------------------------------------------------------------------ models
+Backbone = Literal["resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2"]
+
+
+class ModelConfig(StrictModel):
+    arch: Literal["deeplabv3plus", "deeplabv3"] = "deeplabv3plus"
+    backbone: Backbone = "mobilenet_v2"
+    output_stride: Literal[8, 16] = 16
+    aspp_channels: int = Field(256, ge=8)
+    aspp_rates: tuple[int, int, int] = (6, 12, 18)
+    decoder_channels: int = Field(256, ge=8, description="DeepLabV3+ decoder width (the TaT feature)")
+    low_level_channels: int = Field(48, ge=4)
+    width_mult: float = Field(1.0, gt=0, description="MobileNetV2 width multiplier")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    pretrained: Path | None = Field(None, description="local torchvision-format backbone weights")
+
+    @model_validator(mode="after")
+    def _width_only_for_mobilenet(self) -> "ModelConfig":
+        if self.width_mult != 1.0 and self.backbone != "mobilenet_v2":
+            raise ValueError("width_mult applies to backbone 'mobilenet_v2' only; remove it or set 1.0")
+        return self
+
+
+class TrainConfig(StrictModel):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(16, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+    head_lr_mult: float = Field(10.0, gt=0, description="learning-rate multiplier of the head vs backbone")
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap steps per epoch (smoke runs)")
+
+
+def _fill_backbone(default: str) -> Any:
+    """A partial ``model:`` section keeps its role's default backbone (teacher vs student)."""
+
+    def fill(value: Any) -> Any:
+        if isinstance(value, dict) and "backbone" not in value:
+            return {"backbone": default, **value}
+        return value
+
+    return field_validator("model", mode="before")(lambda cls, value: fill(value))
+
+
+class TeacherConfig(StrictModel):
+    model: ModelConfig = ModelConfig(backbone="resnet50")
+    train: TrainConfig = TrainConfig()
+    _default_backbone = _fill_backbone("resnet50")
+
+
+class StudentConfig(StrictModel):
+    model: ModelConfig = ModelConfig(backbone="mobilenet_v2")
+    # Shared by the baseline and the distilled student, so the comparison is like for like.
+    train: TrainConfig = TrainConfig()
+    _default_backbone = _fill_backbone("mobilenet_v2")
+
+
+class BaselineConfig(StrictModel):
+    enabled: bool = True
+
+
+class MethodSpec(StrictModel):
+    """One distillation method in the slot; its own options are validated by its registry entry."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str
+    weight: float = Field(1.0, ge=0)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class DistillConfig(StrictModel):
+    methods: tuple[MethodSpec, ...] = (MethodSpec(name="kd", weight=1.0, temperature=4.0),)
+    ce_weight: float = Field(1.0, ge=0, description="weight of the student's own cross-entropy")
+    # The official TaT code keeps the teacher in train() mode (batch-stat BN); eval is the sane default.
+    teacher_mode: Literal["eval", "train"] = "eval"
+
+    @field_validator("methods", mode="after")
+    @classmethod
+    def _methods_known(cls, methods: tuple[MethodSpec, ...]) -> tuple[MethodSpec, ...]:
+        from pipeline.distill.registry import validate_method_spec  # late: registry imports methods
+
+        for index, spec in enumerate(methods):
+            validate_method_spec(spec, where=f"distill.methods[{index}]")
+        names = [m.name for m in methods]
+        if len(set(names)) != len(names):
+            raise ValueError(f"each method may appear once; got {names}")
+        return methods
+
+
+# -------------------------------------------------------------------------------- deployment
+class ExportConfig(StrictModel):
+    opset: int = Field(18, ge=13)
+    dynamic: bool = True
+    argmax: bool = Field(False, description="add a second output with the per-pixel class id")
+    simplify: bool = Field(False, description="run onnxslim; kept only when parity still holds")
+
+
+class ValidateConfig(StrictModel):
+    max_images: int | None = Field(None, ge=1, description="val images for mIoU; None = whole split")
+    parity_images: int = Field(8, ge=1, description="fixed saved inputs for the tensor-parity check")
+    batch_size: int = Field(8, ge=1)
+    atol: float = Field(1e-4, gt=0, description="max abs logit difference allowed")
+    miou_tolerance: float = Field(0.05, ge=0, description="max mIoU drop (points) allowed vs PyTorch")
+
+
+class BenchmarkConfig(StrictModel):
+    batch_size: int = Field(1, ge=1)
+    warmup: int = Field(10, ge=0)
+    min_iters: int = Field(50, ge=1)
+    min_seconds: float = Field(2.0, ge=0)
+    threads: int | None = Field(None, ge=1, description="intra-op threads for every backend; None = default")
+
+
+class ReportConfig(StrictModel):
+    samples: int = Field(4, ge=0, description="val images drawn in the picture grid")
+
+
+class PipelineConfig(StrictModel):
+    run: RunConfig = RunConfig()
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    baseline: BaselineConfig = BaselineConfig()
+    distill: DistillConfig = DistillConfig()
+    export: ExportConfig = ExportConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    benchmark: BenchmarkConfig = BenchmarkConfig()
+    report: ReportConfig = ReportConfig()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML/JSON-able dict with the user-facing key names."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    def section(self, dotted: str) -> Any:
+        """The resolved value at a dotted key of :meth:`to_dict` (used for stage fingerprints)."""
+        value: Any = self.to_dict()
+        for part in dotted.split("."):
+            value = value[part]
+        return value
+
+
+# ------------------------------------------------------------------------------ loading
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value (for example distill.ce_weight=0.5)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key part; write it as section.key=value")
+    return key.split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for depth, part in enumerate(path[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {'.'.join(path)}: {'.'.join(path[: depth + 1])} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Read a YAML config (None = all defaults), apply overrides, validate."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; pass a YAML file such as configs/default.yaml")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections (run:, data:, ...), not {type(loaded).__name__}")
+        data = loaded or {}
+    for override in overrides:
+        keys, value = parse_override(override)
+        apply_override(data, keys, value)
+    return validate_config(data, source)
+
+
+def validate_config(data: dict[str, Any], source: str = "config") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, source)) from None
+
+
+def describe_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for error in exc.errors():
+        loc = [str(p) for p in error["loc"]]
+        key = ".".join(loc) or "<root>"
+        if error["type"] == "extra_forbidden":
+            hint = _closest_key(loc)
+            lines.append(f"  - unknown key '{key}'" + (f"; did you mean '{hint}'?" if hint else ""))
+        else:
+            got = error.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"  - {key}: {error['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def _closest_key(loc: list[str]) -> str | None:
+    """The valid dotted key closest to the misspelt last part of ``loc``."""
+    model: type[BaseModel] | None = PipelineConfig
+    for part in loc[:-1]:
+        if part.isdigit() or model is None:
+            return None
+        field = _fields_by_name(model).get(part)
+        annotation = getattr(field, "annotation", None)
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    if model is None:
+        return None
+    match = difflib.get_close_matches(loc[-1], list(_fields_by_name(model)), n=1, cutoff=0.5)
+    return ".".join([*loc[:-1], match[0]]) if match else None
+
+
+def _fields_by_name(model: type[BaseModel]) -> dict[str, Any]:
+    return {(f.alias or name): f for name, f in model.model_fields.items()}
+
+
+def dump_config(config: PipelineConfig, path: Path) -> None:
+    from pipeline.artifacts import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,17 @@
+"""Distillation: methods behind one interface, a registry, and the Distiller wrapper."""
+
+from pipeline.distill.base import DistillMethod, FeatureInfo, MethodOptions
+from pipeline.distill.distiller import Distiller, feature_info
+from pipeline.distill.registry import available_methods, build_method, method_class, register
+
+__all__ = [
+    "DistillMethod",
+    "Distiller",
+    "FeatureInfo",
+    "MethodOptions",
+    "available_methods",
+    "build_method",
+    "feature_info",
+    "method_class",
+    "register",
+]

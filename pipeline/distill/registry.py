@@ -1,0 +1,72 @@
+"""Name -> method class. Methods register themselves on import; configs refer to them by name."""
+
+from __future__ import annotations
+
+import difflib
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from pipeline.distill.base import DistillMethod, FeatureInfo, MethodOptions
+
+if TYPE_CHECKING:
+    from pipeline.config import MethodSpec
+
+_METHODS: dict[str, type[DistillMethod]] = {}
+
+
+def register(cls: type[DistillMethod]) -> type[DistillMethod]:
+    if cls.name in _METHODS and _METHODS[cls.name] is not cls:
+        raise ValueError(f"two distillation methods are named '{cls.name}'")
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def available_methods() -> dict[str, type[DistillMethod]]:
+    _load_builtin_methods()
+    return dict(sorted(_METHODS.items()))
+
+
+def method_class(name: str) -> type[DistillMethod]:
+    methods = available_methods()
+    if name not in methods:
+        close = difflib.get_close_matches(name, list(methods), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ValueError(f"unknown distillation method '{name}'; {hint}available: {', '.join(methods)}")
+    return methods[name]
+
+
+def parse_options(spec: "MethodSpec") -> MethodOptions:
+    return method_class(spec.name).Options.model_validate(spec.options)
+
+
+def validate_method_spec(spec: "MethodSpec", where: str) -> None:
+    """Raise ValueError naming the bad key (with a suggestion) if the spec cannot be built."""
+    try:
+        cls = method_class(spec.name)
+    except ValueError as exc:
+        raise ValueError(f"{where}.name: {exc}") from None
+    try:
+        cls.Options.model_validate(spec.options)
+    except ValidationError as exc:
+        problems = []
+        valid = list(cls.Options.model_fields)
+        for error in exc.errors():
+            key = ".".join(str(p) for p in error["loc"])
+            if error["type"] == "extra_forbidden":
+                close = difflib.get_close_matches(key, valid, n=1)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                problems.append(f"{where}.{key}: unknown option of '{spec.name}'; {hint}options: {', '.join(valid) or 'none'}")
+            else:
+                problems.append(f"{where}.{key}: {error['msg']}")
+        raise ValueError("; ".join(problems)) from None
+
+
+def build_method(spec: "MethodSpec", student: FeatureInfo, teacher: FeatureInfo) -> DistillMethod:
+    cls = method_class(spec.name)
+    return cls(parse_options(spec), student, teacher)
+
+
+def _load_builtin_methods() -> None:
+    # Importing the modules runs their @register decorators.
+    from pipeline.distill import methods  # noqa: F401

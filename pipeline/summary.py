@@ -1,0 +1,58 @@
+"""Human-readable tables from a run's metrics (terminal summary and report.md share them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+MODEL_ROWS = (("teacher", "teacher"), ("student_baseline", "student (baseline, CE only)"),
+              ("student", "student (distilled)"))
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 0.01 and value != 0 else f"{value:.2f}"
+    return str(value)
+
+
+def models_table(metrics: dict[str, Any]) -> str:
+    rows = []
+    for key, label in MODEL_ROWS:
+        model = metrics.get(key)
+        if model and "miou" in model:
+            rows.append([label, model.get("params"), model["miou"], model.get("pixel_accuracy"),
+                         model.get("seconds_per_step")])
+    return markdown_table(["model", "params", "val mIoU %", "pixel acc %", "s/step"], rows)
+
+
+def backends_table(metrics: dict[str, Any]) -> str:
+    rows = []
+    for name, backend in metrics.get("backends", {}).items():
+        latency = backend.get("latency_ms", {})
+        rows.append([name, backend.get("status"), backend.get("precision"), backend.get("miou"),
+                     backend.get("miou_delta"), backend.get("max_abs_diff"), latency.get("p50"),
+                     latency.get("p99"), latency.get("throughput")])
+    return markdown_table(["backend", "status", "precision", "mIoU %", "delta", "max|diff|", "p50 ms", "p99 ms",
+                           "img/s"], rows)
+
+
+def stages_table(metrics: dict[str, Any]) -> str:
+    rows = [[name, info.get("status"), info.get("seconds")] for name, info in metrics.get("stages", {}).items()]
+    return markdown_table(["stage", "status", "seconds"], rows)
+
+
+def gap_closure(metrics: dict[str, Any]) -> float | None:
+    """(student - baseline) / (teacher - baseline), in percent; None when undefined."""
+    try:
+        teacher, baseline, student = (metrics[k]["miou"] for k in ("teacher", "student_baseline", "student"))
+    except KeyError:
+        return None
+    gap = teacher - baseline
+    return None if abs(gap) < 1e-9 else 100.0 * (student - baseline) / gap

@@ -1,0 +1,25 @@
+"""The pipeline's stages in run order; each module defines STAGE (see pipeline/stage.py)."""
+
+from stages import (
+    benchmark,
+    distill_student,
+    export_onnx,
+    report,
+    strip,
+    train_student_baseline,
+    train_teacher,
+    validate,
+)
+
+STAGES = (
+    train_teacher.STAGE,
+    train_student_baseline.STAGE,
+    distill_student.STAGE,
+    strip.STAGE,
+    export_onnx.STAGE,
+    validate.STAGE,
+    benchmark.STAGE,
+    report.STAGE,
+)
+
+__all__ = ["STAGES"]

@@ -1,0 +1,66 @@
+"""What the three training stages share: run the loop, save the deployable weights, summarise."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.artifacts import atomic_json_lines, atomic_torch_save
+from pipeline.builders import data_splits, val_loader
+from pipeline.config import TrainConfig
+from pipeline.environment import configure_torch, seed_everything
+from pipeline.metrics import ConfusionMatrix
+from pipeline.models import count_parameters
+from pipeline.stage import StageContext, StageResult
+from pipeline.training import SupervisedTask, evaluate_segmentation, train
+
+# Modules whose source is part of every training stage's fingerprint.
+TRAINING_CODE = ("pipeline.training", "pipeline.models", "pipeline.data", "pipeline.builders", "pipeline.distill")
+TRAINING_KEYS = ("run.seed", "run.deterministic", "data")
+
+
+def segmentation_summary(matrix: ConfusionMatrix, class_names: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        "miou": round(matrix.miou(), 4),
+        "pixel_accuracy": round(matrix.pixel_accuracy(), 4),
+        "per_class_iou": {name: _round(iou) for name, iou in zip(class_names, matrix.per_class_iou())},
+    }
+
+
+def _round(value: float) -> float | None:
+    return None if value != value else round(float(value) * 100, 4)  # NaN -> None (class absent)
+
+
+def run_training(ctx: StageContext, task: nn.Module, train_cfg: TrainConfig, role: str, desc: str) -> StageResult:
+    """Train ``task``, write ``model.pt`` (deployable weights) and ``history.jsonl``, return metrics."""
+    config = ctx.config
+    device = configure_torch(config.run)
+    seed_everything(config.run.seed)
+    info, train_set, val_set = data_splits(config)
+    loader = val_loader(config, val_set)
+    result = train(task, train_set, loader, train_cfg, num_classes=info.num_classes, device=device,
+                   seed=config.run.seed, checkpoint=ctx.dir / "checkpoint.pt", fingerprint=ctx.fingerprint,
+                   desc=desc, workers=config.data.workers)
+    model = task.deployable
+    matrix = evaluate_segmentation(model, loader, info.num_classes, device)
+    # A plain model ships as is; a Distiller is saved whole (heads included): stripping is its own stage.
+    saved, weights_name = (model, "model.pt") if isinstance(task, SupervisedTask) else (task, "distiller.pt")
+    atomic_torch_save({k: v.cpu() for k, v in saved.state_dict().items()}, ctx.dir / weights_name)
+    atomic_json_lines(ctx.dir / "history.jsonl", result.history)
+    (ctx.dir / "checkpoint.pt").unlink(missing_ok=True)  # finished: the resume point is no longer needed
+    summary = segmentation_summary(matrix, info.class_names)
+    summary.update({
+        "params": count_parameters(model),
+        "epochs": train_cfg.epochs,
+        "steps": result.steps,
+        "train_seconds": round(result.seconds, 2),
+        "seconds_per_step": round(result.seconds_per_step, 4),
+        "images_per_second": round(result.steps * train_cfg.batch_size / max(result.seconds, 1e-9), 2),
+        "device": str(device),
+    })
+    if torch.cuda.is_available() and device.type == "cuda":
+        summary["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return StageResult(outputs={"weights": weights_name, "history": "history.jsonl"},
+                       metrics={role: summary})

@@ -1,0 +1,23 @@
+"""Stage 2: the student trained on labels alone, so every report shows what distillation bought."""
+
+from __future__ import annotations
+
+from pipeline.builders import build_student
+from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.training import SupervisedTask
+from stages.common import TRAINING_CODE, TRAINING_KEYS, run_training
+
+
+def run(ctx: StageContext) -> StageResult:
+    student = build_student(ctx.config, with_methods=False)
+    return run_training(ctx, SupervisedTask(student), ctx.config.student.train, "student_baseline", "baseline")
+
+
+STAGE = Stage(
+    name="train_student_baseline",
+    run=run,
+    config_keys=(*TRAINING_KEYS, "student"),
+    code=TRAINING_CODE,
+    enabled=lambda config: config.baseline.enabled,
+    description="train the student with cross-entropy only (the no-distillation reference)",
+)

@@ -1,0 +1,22 @@
+"""Stage 1: train the teacher (DeepLabV3+ on a ResNet) with cross-entropy."""
+
+from __future__ import annotations
+
+from pipeline.builders import build_teacher
+from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.training import SupervisedTask
+from stages.common import TRAINING_CODE, TRAINING_KEYS, run_training
+
+
+def run(ctx: StageContext) -> StageResult:
+    teacher = build_teacher(ctx.config)
+    return run_training(ctx, SupervisedTask(teacher), ctx.config.teacher.train, "teacher", "teacher")
+
+
+STAGE = Stage(
+    name="train_teacher",
+    run=run,
+    config_keys=(*TRAINING_KEYS, "teacher"),
+    code=TRAINING_CODE,
+    description="train the teacher with cross-entropy",
+)

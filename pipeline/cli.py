@@ -92,7 +92,14 @@ COMMANDS = {"run": cmd_run, "status": cmd_status, "methods": cmd_methods}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may follow options too (`run cfg --out x a.b=1`): argparse leaves those unparsed.
+    args, extra = parser.parse_known_args(argv)
+    stray = [item for item in extra if item.startswith("-") or "=" not in item or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, PipelineError) as exc:

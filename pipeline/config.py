@@ -157,7 +157,8 @@ class DistillConfig(StrictModel):
 
 # -------------------------------------------------------------------------------- deployment
 class ExportConfig(StrictModel):
-    opset: int = Field(18, ge=13)
+    # The dynamo exporter builds at opset >= 18 and cannot always convert down, so 18 is the floor.
+    opset: int = Field(18, ge=18)
     dynamic: bool = True
     argmax: bool = Field(False, description="add a second output with the per-pixel class id")
     simplify: bool = Field(False, description="run onnxslim; kept only when parity still holds")

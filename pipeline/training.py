@@ -157,9 +157,9 @@ def train(
             loss.backward()
             optimizer.step()
             for name, value in {"loss": loss, **parts}.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach())
+                sums[name] = sums.get(name, 0.0) + value.item()
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{sums['loss'] / (index + 1):.3f}")
         bar.close()
         epoch_seconds = time.perf_counter() - started
         result.steps += steps_per_epoch

@@ -1,0 +1,43 @@
+"""The one interface every inference backend implements.
+
+Validation and benchmarking talk only to :class:`Predictor`, so a new backend (TensorRT, a
+different ONNX Runtime provider) plugs in without touching them. A backend that cannot run on
+this machine raises :class:`BackendUnavailable`, which reports turn into an honest "skipped"
+row with the reason and the command that would fix it, instead of a crash or a silent fallback.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """Float32 NCHW images in, float32 NCHW logits out, whatever runs underneath."""
+
+    backend: str  # "pytorch", "onnxruntime", "tensorrt"
+    precision: str  # "fp32", "fp16", "int8"
+    device: str  # "cpu", "cuda", "cuda:0"
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Logits (B, K, H, W) float32 for images (B, 3, H, W) float32 (already normalised)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What a latency or accuracy figure needs beside it: backend, precision, provider(s),
+        threads and library versions."""
+        ...
+
+
+class BackendUnavailable(RuntimeError):
+    """This backend cannot run here; ``reason`` says why and ``install_hint`` what would fix it."""
+
+    def __init__(self, reason: str, install_hint: str = "") -> None:
+        self.reason = reason
+        self.install_hint = install_hint
+        super().__init__(f"{reason} (to enable: {install_hint})" if install_hint else reason)
+
+    def to_dict(self) -> dict[str, str]:
+        return {"status": "skipped", "reason": self.reason, "install_hint": self.install_hint}

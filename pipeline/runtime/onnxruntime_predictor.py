@@ -1,0 +1,100 @@
+"""ONNX Runtime inference on any execution provider (CPU, CUDA, TensorRT EP)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.runtime.base import BackendUnavailable
+
+# What to install when a provider is missing; the CPU wheel only ships CPU (and Azure) providers.
+_INSTALL_HINTS = {
+    "CUDAExecutionProvider": "pip install onnxruntime-gpu (in place of onnxruntime; needs CUDA + cuDNN)",
+    "TensorrtExecutionProvider": "pip install onnxruntime-gpu tensorrt (in place of onnxruntime; needs CUDA)",
+    "OpenVINOExecutionProvider": "pip install onnxruntime-openvino",
+    "DmlExecutionProvider": "pip install onnxruntime-directml",
+    "CoreMLExecutionProvider": "pip install onnxruntime (macOS wheel)",
+}
+_DEFAULT_HINT = "pip install onnxruntime-gpu"
+_GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider", "DmlExecutionProvider"}
+
+
+class OnnxRuntimePredictor:
+    """An ``onnxruntime.InferenceSession`` behind the :class:`Predictor` interface.
+
+    Input and output names are read from the model (first output = logits), so the predictor
+    also runs files with an extra ``labels`` output. ``precision`` comes from the model's
+    ``metadata_props["precision"]`` (set by the export/quantize stages), default ``fp32``.
+    """
+
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        path: str | Path,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        threads: int | None = None,
+    ) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # pragma: no cover - onnxruntime is a hard dependency
+            raise BackendUnavailable(f"onnxruntime is not importable: {exc}", "pip install onnxruntime") from exc
+
+        self.path = Path(path)
+        if isinstance(providers, str):  # a bare string would otherwise be split into letters
+            providers = (providers,)
+        self.requested_providers = list(providers)
+        available = ort.get_available_providers()
+        for provider in self.requested_providers:
+            if provider not in available:
+                raise BackendUnavailable(
+                    f"ONNX Runtime {ort.__version__} has no {provider} (available: {', '.join(available)})",
+                    _INSTALL_HINTS.get(provider, _DEFAULT_HINT),
+                )
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        self.threads = threads
+        self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=self.requested_providers)
+
+        # A GPU provider whose shared libraries fail to load is dropped with only a log line;
+        # refuse that, so a "CUDA" figure is never a CPU measurement.
+        active = self.session.get_providers()
+        missing = [p for p in self.requested_providers if p not in active]
+        if missing:
+            raise BackendUnavailable(
+                f"ONNX Runtime could not initialise {', '.join(missing)} (session runs on {', '.join(active)}); "
+                "check the CUDA/cuDNN/TensorRT libraries",
+                _INSTALL_HINTS.get(missing[0], _DEFAULT_HINT),
+            )
+        self.providers = active
+        self.device = "cuda" if self.requested_providers and self.requested_providers[0] in _GPU_PROVIDERS else "cpu"
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.precision = self.metadata.get("precision", "fp32")
+        self._ort_version = ort.__version__
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        feed = {self.input_name: np.ascontiguousarray(images, dtype=np.float32)}
+        (logits,) = self.session.run([self.output_name], feed)
+        return np.asarray(logits, dtype=np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "precision": self.precision,
+            "device": self.device,
+            "provider": self.providers[0],
+            "providers": list(self.providers),
+            "threads": self.threads if self.threads is not None else "default",
+            "onnxruntime_version": self._ort_version,
+            "model": str(self.path),
+            "input": self.input_name,
+            "output": self.output_name,
+        }

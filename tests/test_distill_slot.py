@@ -1,0 +1,65 @@
+"""The method slot: KD's known values, a frozen teacher, and gradients that reach only the student
+and the methods' own heads."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.config import MethodSpec, load_config
+from pipeline.distill import Distiller, available_methods, build_method, feature_info
+from pipeline.distill.methods.kd import kd_loss
+from pipeline.models import build_segmentation_model
+
+
+def test_kd_is_zero_when_student_matches_teacher_and_positive_otherwise():
+    logits = torch.randn(2, 5, 4, 4)
+    assert kd_loss(logits, logits, 4.0).item() == pytest.approx(0.0, abs=1e-7)
+    assert kd_loss(logits, torch.randn(2, 5, 4, 4), 4.0).item() > 0
+
+
+def test_kd_matches_a_hand_computed_value():
+    student = torch.tensor([[0.0, 0.0]]).view(1, 2, 1, 1)
+    teacher = torch.tensor([[math.log(3.0), 0.0]]).view(1, 2, 1, 1)  # p_t = (0.75, 0.25) at T=1
+    expected = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+    assert kd_loss(student, teacher, 1.0).item() == pytest.approx(expected, rel=1e-6)
+    # T^2 scaling: at T=2 the teacher distribution softens and the loss is multiplied by 4
+    p = torch.softmax(torch.tensor([math.log(3.0) / 2, 0.0]), 0)
+    expected_t2 = 4 * float((p * (p / 0.5).log()).sum())
+    assert kd_loss(student, teacher, 2.0).item() == pytest.approx(expected_t2, rel=1e-6)
+
+
+def test_builtin_methods_are_registered():
+    assert {"none", "kd"} <= set(available_methods())
+
+
+def tiny(backbone: str) -> nn.Module:
+    cfg = load_config(None, [f"student.model.backbone={backbone}", "student.model.aspp_channels=16",
+                             "student.model.decoder_channels=16", "student.model.low_level_channels=8"])
+    return build_segmentation_model(cfg.student.model, num_classes=4)
+
+
+def test_gradients_reach_the_student_never_the_teacher():
+    student, teacher = tiny("mobilenet_v2"), tiny("resnet18")
+    methods = [(1.0, build_method(MethodSpec(name="kd", temperature=2.0), feature_info(student), feature_info(teacher)))]
+    distiller = Distiller(student, teacher, methods)
+    distiller.train()
+    assert not teacher.training, "the frozen teacher keeps eval-mode BN by default"
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    loss, parts = distiller(torch.randn(2, 3, 32, 32), torch.randint(0, 4, (2, 32, 32)))
+    assert set(parts) == {"ce", "kd"}
+    loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items()), "BN stats must not move"
+
+
+def test_teacher_train_mode_quirk_is_opt_in():
+    distiller = Distiller(tiny("mobilenet_v2"), tiny("resnet18"), [], teacher_mode="train")
+    distiller.train()
+    assert distiller.teacher.training
+    distiller.eval()
+    assert not distiller.teacher.training

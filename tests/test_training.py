@@ -1,0 +1,92 @@
+"""Training checkpoints every epoch and an interrupted run resumes where it stopped, ending with
+exactly the weights an uninterrupted run would have."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from pipeline.builders import build_student, data_splits
+from pipeline.config import load_config
+from pipeline.training import SupervisedTask, lr_factor, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["data.image_size=32", "data.train_size=32", "data.val_size=8", "student.train.epochs=3",
+        "student.train.batch_size=8", "student.model.width_mult=0.25", "student.model.aspp_channels=8",
+        "student.model.decoder_channels=8", "student.model.low_level_channels=4", "distill.methods=[{name: none}]"]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def fit(checkpoint: Path, stop_after_epoch: int | None = None):
+    config = load_config(None, TINY)
+    torch.manual_seed(0)
+    info, train_set, val_set = data_splits(config)
+    task = SupervisedTask(build_student(config))
+
+    def on_epoch(row):
+        if row["epoch"] == stop_after_epoch:
+            raise Interrupt
+
+    result = train(task, train_set, DataLoader(val_set, batch_size=8), config.student.train,
+                   num_classes=info.num_classes, device=torch.device("cpu"), seed=0, checkpoint=checkpoint,
+                   fingerprint="fp", desc="test", on_epoch=on_epoch)
+    return task, result
+
+
+def test_interrupted_training_resumes_from_its_checkpoint_to_identical_weights(tmp_path):
+    reference, _ = fit(tmp_path / "uninterrupted.pt")
+    with pytest.raises(Interrupt):
+        fit(tmp_path / "ckpt.pt", stop_after_epoch=1)
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["epoch"] == 0
+    resumed, result = fit(tmp_path / "ckpt.pt")
+    assert result.resumed_from_epoch == 1
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_a_checkpoint_of_another_configuration_is_ignored(tmp_path):
+    config = load_config(None, TINY)
+    torch.save({"fingerprint": "other"}, tmp_path / "ckpt.pt")
+    _, result = fit(tmp_path / "ckpt.pt")
+    assert result.resumed_from_epoch == 0 and len(result.history) == config.student.train.epochs
+
+
+def test_cosine_schedule_with_warmup():
+    cfg = load_config(None, ["student.train.warmup_steps=2"]).student.train
+    assert lr_factor(cfg, 0, 10) == 0.5 and lr_factor(cfg, 1, 10) == 1.0
+    assert lr_factor(cfg, 2, 10) == pytest.approx(1.0)
+    assert lr_factor(cfg, 10, 10) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.slow
+def test_a_killed_pipeline_resumes_training_from_the_last_epoch(tmp_path):
+    """SIGKILL mid-training (no clean-up possible), then the same command picks up the checkpoint."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "pipeline", "run", "configs/smoke.yaml", "--out", str(out),
+               "--until", "train_teacher", "teacher.train.epochs=4"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    checkpoint = out / "train_teacher" / "checkpoint.pt"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert checkpoint.exists(), "the first epoch should have written a checkpoint"
+    assert not (out / "train_teacher" / "_complete.json").exists()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "resuming from checkpoint after epoch" in done.stdout
+    assert (out / "train_teacher" / "_complete.json").exists()

@@ -12,7 +12,7 @@ a small patch cannot tell a pixel's class:
   with the marker below it),
 * background clutter that shares every local cue with the objects (dotted or checkered squares
   and triangles without a marker or frame, hollow rings, marker-like blobs, textured bands,
-  plain shapes), occlusion (z-ordered objects and clutter), scale variation (objects 15% to 60%
+  plain shapes), occlusion (z-ordered objects and clutter), scale variation (objects 30% to 70%
   of the image side, ring/frame/marker on top), random colours for every image and object (so
   colour alone never gives the class), an illumination gradient and per-channel gaussian noise.
 
@@ -178,14 +178,14 @@ def _texture(kind: int, rng: np.random.Generator, size: int):
     angle = rng.uniform(0, np.pi)
     ph1, ph2 = rng.uniform(0, 1, 2)
     if kind == _STRIPES:
-        period = max(3.0, size * rng.uniform(0.06, 0.11))
+        period = max(4.0, size * rng.uniform(0.09, 0.14))
 
         def pattern(dy, dx):
             u, _ = _rot(dy, dx, angle)
             return (u / period + ph1) % 1.0 < 0.5
 
     elif kind == _DOTS:
-        spacing = max(4.0, size * rng.uniform(0.08, 0.13))
+        spacing = max(5.0, size * rng.uniform(0.11, 0.16))
         radius2 = rng.uniform(0.28, 0.38) ** 2
 
         def pattern(dy, dx):
@@ -195,7 +195,7 @@ def _texture(kind: int, rng: np.random.Generator, size: int):
             return fu * fu + fv * fv < radius2
 
     else:
-        cell = max(2.0, size * rng.uniform(0.04, 0.07))
+        cell = max(3.0, size * rng.uniform(0.055, 0.085))
 
         def pattern(dy, dx):
             u, v = _rot(dy, dx, angle)
@@ -207,9 +207,9 @@ def _texture(kind: int, rng: np.random.Generator, size: int):
 # ------------------------------------------------------------------------------- objects
 def _draw_object(cv: _Canvas, cls: int) -> None:
     rng, n = cv.rng, cv.n
-    side = n * rng.uniform(0.15, 0.6)  # disc diameter / square side / triangle extent
+    side = n * rng.uniform(0.3, 0.7)  # disc diameter / square side / triangle extent
     half = side / 2.0
-    cy, cx = rng.uniform(0.15 * n, 0.85 * n, 2)
+    cy, cx = rng.uniform(0.2 * n, 0.8 * n, 2)
     gap = max(1.0, 0.12 * half)
     width = max(1.5, 0.15 * half)
     name = CLASS_NAMES[cls]
@@ -242,10 +242,11 @@ def _draw_object(cv: _Canvas, cls: int) -> None:
 def _draw_clutter(cv: _Canvas) -> None:
     """A background-class distractor that shares local cues with the object classes."""
     rng, n = cv.rng, cv.n
-    side = n * rng.uniform(0.1, 0.45)
+    side = n * rng.uniform(0.1, 0.35)
     half = side / 2.0
     cy, cx = rng.uniform(0, n, 2)
-    kind = int(rng.integers(6))
+    # Plain distractors (rings, blobs, untextured shapes) are twice as common as textured ones.
+    kind = int(rng.choice(6, p=(0.0, 0.0, 0.3, 0.3, 0.0, 0.4)))
     if kind == 0:  # dotted / checkered square without marker or frame
         angle = rng.uniform(-np.pi / 4, np.pi / 4)
         tex = _texture(int(rng.choice((_DOTS, _CHECKER))), rng, n)
@@ -285,8 +286,8 @@ def render_sample(seed: int, split: str, index: int, image_size: int) -> tuple[n
         raise ValueError(f"image_size must be >= 16, got {image_size}")
     rng = _key(seed, split, index)
     cv = _Canvas(image_size, rng)
-    n_objects = int(rng.integers(1, 5))
-    n_clutter = int(rng.integers(2, 7))
+    n_objects = int(rng.integers(1, 4))
+    n_clutter = int(rng.integers(0, 4))
     n_behind = int(rng.binomial(n_clutter, 0.75))  # most clutter is behind the objects
     for _ in range(n_behind):
         _draw_clutter(cv)
@@ -302,7 +303,7 @@ def render_sample(seed: int, split: str, index: int, image_size: int) -> tuple[n
     coords = (np.arange(image_size, dtype=np.float32) + 0.5) / image_size - 0.5
     ramp = 1.0 + gain * (np.cos(phi) * coords[None, :] + np.sin(phi) * coords[:, None])
     image = image * ramp[..., None]
-    sigma = rng.uniform(4.0, 14.0)
+    sigma = rng.uniform(2.0, 8.0)
     image = image + rng.normal(0.0, sigma, image.shape).astype(np.float32)
     return np.clip(image, 0, 255).astype(np.uint8), cv.label
 

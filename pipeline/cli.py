@@ -47,7 +47,10 @@ def make_runner(config: PipelineConfig, out: Path | None) -> Runner:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.builders import check_distillation
+
     config = load_config(args.config, args.overrides)
+    check_distillation(config)
     runner = make_runner(config, args.out)
     metrics = runner.run(force=args.force, until=args.until)
     print_summary(metrics, runner.run_dir, args.config)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.config import PipelineConfig
+from pipeline.config import ConfigError, PipelineConfig
 from pipeline.data import DatasetInfo, build_dataset, dataset_info
 from pipeline.distill import Distiller, build_method, feature_info, method_class
 from pipeline.distill.registry import parse_options
@@ -46,7 +46,15 @@ def build_student(config: PipelineConfig, with_methods: bool = True) -> Segmenta
 
 def build_distiller(config: PipelineConfig, teacher: SegmentationModel, student: SegmentationModel) -> Distiller:
     student_info, teacher_info = feature_info(student), feature_info(teacher)
-    methods = [(spec.weight, build_method(spec, student_info, teacher_info)) for spec in config.distill.methods]
+    methods = []
+    for index, spec in enumerate(config.distill.methods):
+        # Settings that only fail against these models (feature sizes, widths) fail here, before training.
+        try:
+            method_class(spec.name).check_input_size(parse_options(spec), student_info, teacher_info,
+                                                     config.data.image_size)
+            methods.append((spec.weight, build_method(spec, student_info, teacher_info)))
+        except ValueError as exc:
+            raise ConfigError(f"distill.methods[{index}] ({spec.name}): {exc}") from None
     info = dataset_info(config.data)
     return Distiller(student, teacher, methods, ce_weight=config.distill.ce_weight,
                      teacher_mode=config.distill.teacher_mode, ignore_index=info.ignore_index)
@@ -63,3 +71,9 @@ def data_splits(config: PipelineConfig) -> tuple[DatasetInfo, Dataset, Dataset]:
 
 def val_loader(config: PipelineConfig, val_set: Dataset, batch_size: int = 32) -> DataLoader:
     return DataLoader(val_set, batch_size=batch_size, shuffle=False, num_workers=config.data.workers)
+
+
+def check_distillation(config: PipelineConfig) -> None:
+    """Build the models and methods once (random weights) so impossible distillation settings are
+    a ConfigError before any stage trains; costs about a second."""
+    build_distiller(config, build_teacher(config), build_student(config))

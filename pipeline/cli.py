@@ -1,4 +1,4 @@
-"""Command line: parse, call, print. ``python -m pipeline run|status|methods ...``"""
+"""Command line: parse, call, print. ``python -m pipeline run|status|methods|sweep ...``"""
 
 from __future__ import annotations
 
@@ -27,6 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(status)
 
     commands.add_parser("methods", help="list the distillation methods and their options")
+
+    sweep = commands.add_parser("sweep", help="train the teacher once, then the student over a grid of variants x seeds")
+    sweep.add_argument("config", type=Path, help="sweep file, e.g. configs/ablation_tat.yaml")
+    sweep.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides applied to every variant")
+    sweep.add_argument("--out", type=Path, help="sweep folder (default: exported/sweeps/<sweep file name>)")
+    sweep.add_argument("--seeds", type=int, help="student seeds per variant (default: the sweep file's seeds)")
     return parser
 
 
@@ -47,7 +53,10 @@ def make_runner(config: PipelineConfig, out: Path | None) -> Runner:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.builders import check_distillation
+
     config = load_config(args.config, args.overrides)
+    check_distillation(config)
     runner = make_runner(config, args.out)
     metrics = runner.run(force=args.force, until=args.until)
     print_summary(metrics, runner.run_dir, args.config)
@@ -73,6 +82,16 @@ def cmd_methods(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from pipeline.sweep import run_sweep, sweep_markdown
+
+    table = run_sweep(args.config, out=args.out, seeds=args.seeds, overrides=args.overrides)
+    print()
+    print(sweep_markdown(table))
+    print(f"sweep folder: {table['out']}  (sweep.md, sweep.json, one run folder per variant x seed)")
+    return 0
+
+
 def print_summary(metrics: dict, run_dir: Path, config_path: Path) -> None:
     print()
     print(models_table(metrics))
@@ -88,7 +107,7 @@ def print_summary(metrics: dict, run_dir: Path, config_path: Path) -> None:
     print(f"  less {run_dir}/report/report.md                                # the report")
 
 
-COMMANDS = {"run": cmd_run, "status": cmd_status, "methods": cmd_methods}
+COMMANDS = {"run": cmd_run, "status": cmd_status, "methods": cmd_methods, "sweep": cmd_sweep}
 
 
 def main(argv: list[str] | None = None) -> int:

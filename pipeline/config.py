@@ -94,6 +94,8 @@ class TrainConfig(StrictModel):
     schedule: Literal["cosine", "poly", "constant"] = "cosine"
     warmup_steps: int = Field(0, ge=0)
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap steps per epoch (smoke runs)")
+    # Lets a sweep vary the student's seed while the teacher (keyed by run.seed) stays the same.
+    seed: int | None = Field(None, description="seed of this training (init, batch order); None = run.seed")
 
 
 def _fill_backbone(default: str) -> Any:

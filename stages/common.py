@@ -9,7 +9,7 @@ from torch import nn
 
 from pipeline.artifacts import atomic_json_lines, atomic_torch_save
 from pipeline.builders import data_splits, val_loader
-from pipeline.config import TrainConfig
+from pipeline.config import PipelineConfig, TrainConfig
 from pipeline.environment import configure_torch, seed_everything
 from pipeline.metrics import ConfusionMatrix
 from pipeline.models import count_parameters
@@ -33,15 +33,26 @@ def _round(value: float) -> float | None:
     return None if value != value else round(float(value) * 100, 4)  # NaN -> None (class absent)
 
 
+def training_seed(config: PipelineConfig, train_cfg: TrainConfig) -> int:
+    """The seed of one training: its own ``train.seed`` if set, else ``run.seed``."""
+    return config.run.seed if train_cfg.seed is None else train_cfg.seed
+
+
+def seed_model_init(config: PipelineConfig, train_cfg: TrainConfig) -> None:
+    """Call before building a model, so its random initialisation follows the training's seed."""
+    seed_everything(training_seed(config, train_cfg))
+
+
 def run_training(ctx: StageContext, task: nn.Module, train_cfg: TrainConfig, role: str, desc: str) -> StageResult:
     """Train ``task``, write ``model.pt`` (deployable weights) and ``history.jsonl``, return metrics."""
     config = ctx.config
     device = configure_torch(config.run)
-    seed_everything(config.run.seed)
+    seed = training_seed(config, train_cfg)
+    seed_everything(seed)
     info, train_set, val_set = data_splits(config)
     loader = val_loader(config, val_set)
     result = train(task, train_set, loader, train_cfg, num_classes=info.num_classes, device=device,
-                   seed=config.run.seed, checkpoint=ctx.dir / "checkpoint.pt", fingerprint=ctx.fingerprint,
+                   seed=seed, checkpoint=ctx.dir / "checkpoint.pt", fingerprint=ctx.fingerprint,
                    desc=desc, workers=config.data.workers)
     model = task.deployable
     matrix = evaluate_segmentation(model, loader, info.num_classes, device)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pipeline.builders import build_distiller, build_student, build_teacher, load_weights
 from pipeline.stage import Stage, StageContext, StageResult
-from stages.common import TRAINING_CODE, TRAINING_KEYS, run_training
+from stages.common import TRAINING_CODE, TRAINING_KEYS, run_training, seed_model_init
 
 
 def run(ctx: StageContext) -> StageResult:
+    seed_model_init(ctx.config, ctx.config.student.train)
+    # The student first: with the same seed it starts from the baseline student's initial weights.
+    student = build_student(ctx.config)
     teacher = load_weights(build_teacher(ctx.config), ctx.input_path("train_teacher", "weights"))
-    distiller = build_distiller(ctx.config, teacher, build_student(ctx.config))
+    distiller = build_distiller(ctx.config, teacher, student)
     result = run_training(ctx, distiller, ctx.config.student.train, "student", "distill")
     result.metrics["student"]["methods"] = [spec.model_dump() for spec in ctx.config.distill.methods]
     return result

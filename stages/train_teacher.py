@@ -5,10 +5,11 @@ from __future__ import annotations
 from pipeline.builders import build_teacher
 from pipeline.stage import Stage, StageContext, StageResult
 from pipeline.training import SupervisedTask
-from stages.common import TRAINING_CODE, TRAINING_KEYS, run_training
+from stages.common import TRAINING_CODE, TRAINING_KEYS, run_training, seed_model_init
 
 
 def run(ctx: StageContext) -> StageResult:
+    seed_model_init(ctx.config, ctx.config.teacher.train)
     teacher = build_teacher(ctx.config)
     return run_training(ctx, SupervisedTask(teacher), ctx.config.teacher.train, "teacher", "teacher")
 

@@ -3,12 +3,16 @@
 from pipeline.distill.base import DistillMethod, FeatureInfo, MethodOptions
 from pipeline.distill.distiller import Distiller, feature_info
 from pipeline.distill.registry import available_methods, build_method, method_class, register
+from pipeline.distill.tat import AnchorPointTaTLoss, PatchGroupTaTLoss, TaTLoss
 
 __all__ = [
+    "AnchorPointTaTLoss",
     "DistillMethod",
     "Distiller",
     "FeatureInfo",
     "MethodOptions",
+    "PatchGroupTaTLoss",
+    "TaTLoss",
     "available_methods",
     "build_method",
     "feature_info",

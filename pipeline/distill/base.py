@@ -64,6 +64,11 @@ class DistillMethod(nn.Module):
         """A module the student keeps at inference after its last backbone stage (LetKD only)."""
         return None
 
+    @classmethod
+    def check_input_size(cls, options: MethodOptions, student: FeatureInfo, teacher: FeatureInfo, image_size: int) -> None:
+        """Raise ValueError when these options cannot work on the features of a square
+        ``image_size`` input (checked before any training); the message says which option to change."""
+
     def forward(self, student: dict[str, Tensor], teacher: dict[str, Tensor], targets: Tensor) -> Tensor:
         raise NotImplementedError
 

@@ -1,0 +1,373 @@
+"""Ablation sweeps: the teacher trained once, the student over a grid of variants x seeds.
+
+A sweep file names a base pipeline config and the variants to compare::
+
+    base: default.yaml                 # relative to the sweep file
+    overrides: {run.threads: 2}        # applied to every variant (mapping or ["key=value", ...])
+    seeds: 3                           # student seeds run.seed, run.seed + 1, ...
+    baseline: baseline                 # the variant gap closure is measured against
+    variants:
+      baseline: {distill.methods: [{name: none}]}
+      kd: ["distill.methods=[{name: kd, temperature: 4}]"]
+
+Every variant x seed is an ordinary run folder ``<out>/<variant>/seed<k>/`` run by the pipeline's
+Runner up to ``distill_student`` with ``baseline.enabled=false`` and ``student.train.seed=k``.
+The teacher is trained once in ``<out>/teacher/`` and its completed stage folder is hard-linked
+into each run folder: its fingerprint matches, so the Runner skips it there. Variants may not
+change anything the teacher's fingerprint reads (run.seed, data, teacher, ...). Finished runs
+are skipped on a re-run, so an interrupted sweep resumes. Results: ``sweep.json`` and ``sweep.md``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import shutil
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.artifacts import atomic_write_json, atomic_write_text
+from pipeline.config import (
+    ConfigError,
+    PipelineConfig,
+    apply_override,
+    parse_override,
+    validate_config,
+)
+from pipeline.stage import StageRecord
+from pipeline.summary import markdown_table
+
+TEACHER_STAGE = "train_teacher"
+STUDENT_STAGE = "distill_student"
+DEFAULT_SWEEP_ROOT = Path("exported") / "sweeps"
+
+Overrides = list[str] | dict[str, Any]
+
+
+class SweepFile(BaseModel):
+    """The sweep file's schema (strict: unknown keys are errors with a suggestion)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base: Path = Field(description="pipeline config the variants start from, relative to the sweep file")
+    description: str = ""
+    overrides: Overrides = Field(default_factory=list, description="applied to every variant")
+    seeds: int = Field(3, ge=1, description="student seeds per variant: run.seed, run.seed + 1, ...")
+    baseline: str | None = Field("baseline", description="variant that gap closure is measured against")
+    variants: dict[str, Overrides] = Field(min_length=1)
+
+    @field_validator("variants")
+    @classmethod
+    def _folder_names(cls, variants: dict[str, Overrides]) -> dict[str, Overrides]:
+        for name in variants:
+            if not name or not all(c.isalnum() or c in "_.-" for c in name) or name in ("teacher", "."):
+                raise ValueError(f"variant name {name!r} must be a folder name of letters, digits, '_', '.', '-' "
+                                 "(and not 'teacher')")
+        return variants
+
+    @model_validator(mode="after")
+    def _baseline_is_a_variant(self) -> "SweepFile":
+        if self.baseline is not None and self.baseline not in self.variants:
+            close = difflib.get_close_matches(self.baseline, list(self.variants), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ValueError(f"baseline '{self.baseline}' is not one of the variants; {hint}"
+                             f"variants: {', '.join(self.variants)} (or set baseline: null)")
+        return self
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    variant: str
+    seed: int
+    config: PipelineConfig
+    run_dir: Path
+
+
+@dataclass(frozen=True)
+class Sweep:
+    path: Path
+    spec: SweepFile
+    out: Path
+    seeds: tuple[int, ...]
+    runs: tuple[SweepRun, ...]
+
+    @property
+    def teacher_dir(self) -> Path:
+        return self.out / "teacher"
+
+
+# ------------------------------------------------------------------------------ loading
+def override_pairs(overrides: Overrides, where: str) -> list[tuple[list[str], Any]]:
+    """``["a.b=1"]`` or ``{"a.b": 1}`` -> [(["a", "b"], 1)]."""
+    if isinstance(overrides, dict):
+        pairs = []
+        for key, value in overrides.items():
+            if not key or any(not part for part in str(key).split(".")):
+                raise ConfigError(f"{where}: key {key!r} has an empty part; write it as section.key")
+            pairs.append((str(key).split("."), value))
+        return pairs
+    return [parse_override(item) for item in overrides]
+
+
+def read_sweep_file(path: Path) -> SweepFile:
+    if not path.is_file():
+        raise ConfigError(f"sweep file {path} does not exist; pass one such as configs/ablation_tat.yaml")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must be a mapping with base:, variants: (and optionally overrides:, seeds:, baseline:)")
+    try:
+        return SweepFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_sweep_error(exc, path)) from None
+
+
+def describe_sweep_error(exc: ValidationError, path: Path) -> str:
+    lines = [f"{path}: invalid sweep file"]
+    valid = list(SweepFile.model_fields)
+    for error in exc.errors():
+        key = ".".join(str(p) for p in error["loc"]) or "<root>"
+        if error["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+            lines.append(f"  - unknown key '{key}'{hint}")
+        else:
+            lines.append(f"  - {key}: {error['msg']}")
+    return "\n".join(lines)
+
+
+def load_sweep(
+    path: str | Path, out: Path | None = None, seeds: int | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Sweep:
+    """Read and validate a sweep file and every variant x seed config, before anything trains."""
+    path = Path(path)
+    spec = read_sweep_file(path)
+    base_path = spec.base if spec.base.is_absolute() else path.parent / spec.base
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: base config {base_path} does not exist; 'base' is relative to the sweep file")
+    base = yaml.safe_load(base_path.read_text()) or {}
+    common = override_pairs(spec.overrides, f"{path} overrides") + [parse_override(o) for o in overrides]
+    out = out if out is not None else DEFAULT_SWEEP_ROOT / path.stem
+    count = seeds if seeds is not None else spec.seeds
+    if count < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {count}")
+
+    runs = []
+    for variant, variant_overrides in spec.variants.items():
+        pairs = common + override_pairs(variant_overrides, f"{path} variant '{variant}'")
+        for index in range(count):
+            data = _deep_copy(base)
+            for keys, value in pairs:
+                apply_override(data, keys, value)
+            seed = int(_get(data, ["run", "seed"], 0)) + index
+            for keys, value in ((["baseline", "enabled"], False), (["student", "train", "seed"], seed),
+                                (["run", "name"], f"{path.stem}-{variant}-seed{seed}")):
+                apply_override(data, keys, value)
+            config = validate_config(data, f"{path} variant '{variant}' seed {seed}")
+            runs.append(SweepRun(variant, seed, config, out / variant / f"seed{seed}"))
+    _check_one_teacher(runs, path)
+    return Sweep(path, spec, out, tuple(sorted({run.seed for run in runs})), tuple(runs))
+
+
+def _deep_copy(data: Any) -> Any:
+    return yaml.safe_load(yaml.safe_dump(data))
+
+
+def _get(data: dict[str, Any], keys: list[str], default: Any) -> Any:
+    for key in keys:
+        if not isinstance(data, dict) or key not in data:
+            return default
+        data = data[key]
+    return data
+
+
+def teacher_slice(config: PipelineConfig) -> dict[str, Any]:
+    """The config the teacher stage's fingerprint reads."""
+    from stages import train_teacher
+
+    return {key: config.section(key) for key in train_teacher.STAGE.config_keys}
+
+
+def _check_one_teacher(runs: list[SweepRun], path: Path) -> None:
+    reference = teacher_slice(runs[0].config)
+    for run in runs[1:]:
+        current = teacher_slice(run.config)
+        if current != reference:
+            changed = [key for key in reference if reference[key] != current[key]]
+            raise ConfigError(
+                f"{path}: variant '{run.variant}' changes {', '.join(changed)}, which the teacher depends on; the "
+                f"sweep trains one teacher, so move that setting to the top-level overrides (or use another sweep)"
+            )
+
+
+# ------------------------------------------------------------------------------ running
+def run_sweep(
+    path: str | Path, out: Path | None = None, seeds: int | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Train the teacher once, then every variant x seed; write sweep.json and sweep.md; return the table."""
+    from pipeline.builders import check_distillation
+    from pipeline.runner import Runner
+    from stages import STAGES
+
+    sweep = load_sweep(path, out, seeds, overrides)
+    checked: set[str] = set()
+    for run in sweep.runs:  # impossible method settings fail here, before the teacher trains
+        if run.variant not in checked:
+            check_distillation(run.config)
+            checked.add(run.variant)
+
+    print(f"[sweep] {len(sweep.runs)} student runs ({len(sweep.spec.variants)} variants x {len(sweep.seeds)} seeds) "
+          f"in {sweep.out}")
+    teacher_config = sweep.runs[0].config.model_copy(update={"run": sweep.runs[0].config.run.model_copy(
+        update={"name": f"{sweep.path.stem}-teacher"})})
+    teacher_metrics = Runner(teacher_config, sweep.teacher_dir, STAGES).run(until=TEACHER_STAGE)
+    teacher_record = StageRecord.load(sweep.teacher_dir / TEACHER_STAGE)
+    assert teacher_record is not None  # the Runner just completed it
+
+    results = []
+    for number, run in enumerate(sweep.runs, 1):
+        print(f"[sweep] run {number}/{len(sweep.runs)}: variant '{run.variant}' seed {run.seed}")
+        reuse_teacher(sweep.teacher_dir / TEACHER_STAGE, run.run_dir / TEACHER_STAGE, teacher_record)
+        metrics = Runner(run.config, run.run_dir, STAGES).run(until=STUDENT_STAGE)
+        if metrics["stages"][TEACHER_STAGE]["status"] != "skipped":
+            raise RuntimeError(f"{run.run_dir}: the teacher was retrained; its fingerprint should have matched")
+        results.append((run, metrics))
+
+    table = summarise(sweep, teacher_metrics, teacher_record, results)
+    atomic_write_json(sweep.out / "sweep.json", table)
+    atomic_write_text(sweep.out / "sweep.md", sweep_markdown(table))
+    return table
+
+
+def reuse_teacher(source: Path, target: Path, record: StageRecord) -> None:
+    """Put the completed teacher stage into a run folder (hard links; a copy across file systems)."""
+    existing = StageRecord.load(target)
+    if existing is not None and existing.fingerprint == record.fingerprint:
+        return
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target, copy_function=_link_or_copy)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+# ------------------------------------------------------------------------------ results
+def method_label(config: PipelineConfig) -> str:
+    """``1*ce + 0.5*tat_anchor(anchors=8x8)``: the loss, with the options the config sets (resolved)."""
+    from pipeline.distill.registry import parse_options
+
+    parts = [f"{config.distill.ce_weight:g}*ce"]
+    for spec in config.distill.methods:
+        if spec.name == "none":
+            continue
+        resolved = parse_options(spec)
+        options = ", ".join(f"{key}={_short(getattr(resolved, key))}" for key in spec.options)
+        parts.append(f"{spec.weight:g}*{spec.name}" + (f"({options})" if options else ""))
+    return " + ".join(parts)
+
+
+def _short(value: Any) -> str:
+    return "x".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(statistics.fmean(values), 4) if values else None
+
+
+def _std(values: list[float]) -> float | None:
+    return round(statistics.stdev(values), 4) if len(values) > 1 else None
+
+
+def summarise(
+    sweep: Sweep, teacher_metrics: dict[str, Any], teacher_record: StageRecord, results: list[tuple[SweepRun, dict[str, Any]]]
+) -> dict[str, Any]:
+    teacher_miou = teacher_metrics["teacher"]["miou"]
+    variants: dict[str, dict[str, Any]] = {}
+    for run, metrics in results:
+        entry = variants.setdefault(run.variant, {
+            "overrides": sweep.spec.variants[run.variant],
+            "methods": method_label(run.config),
+            "runs": [],
+        })
+        student = metrics["student"]
+        entry["runs"].append({
+            "seed": run.seed,
+            "run_dir": str(run.run_dir.relative_to(sweep.out)),
+            "miou": student["miou"],
+            "seconds_per_step": student["seconds_per_step"],
+            "steps": student["steps"],
+        })
+    baseline_mean = None
+    if sweep.spec.baseline is not None:
+        baseline_mean = _mean([r["miou"] for r in variants[sweep.spec.baseline]["runs"]])
+    for entry in variants.values():
+        mious = [r["miou"] for r in entry["runs"]]
+        entry["miou_mean"] = _mean(mious)
+        entry["miou_std"] = _std(mious)
+        entry["seconds_per_step"] = _mean([r["seconds_per_step"] for r in entry["runs"]])
+        entry["delta_vs_baseline"] = None if baseline_mean is None else round(entry["miou_mean"] - baseline_mean, 4)
+        gap = None if baseline_mean is None else teacher_miou - baseline_mean
+        entry["gap_closure_percent"] = (
+            None if gap is None or abs(gap) < 1e-9 else round(100.0 * (entry["miou_mean"] - baseline_mean) / gap, 2)
+        )
+    return {
+        "sweep": str(sweep.path),
+        "description": sweep.spec.description,
+        "out": str(sweep.out),
+        "seeds": list(sweep.seeds),
+        "baseline": sweep.spec.baseline,
+        "teacher": {
+            "miou": teacher_miou,
+            "fingerprint": teacher_record.fingerprint,
+            "run_dir": "teacher",
+            "seconds_per_step": teacher_metrics["teacher"].get("seconds_per_step"),
+        },
+        "run": teacher_metrics.get("run", {}),
+        "variants": variants,
+    }
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
+
+
+def sweep_markdown(table: dict[str, Any]) -> str:
+    rows = []
+    for name, entry in table["variants"].items():
+        label = f"{name} (baseline)" if name == table["baseline"] else name
+        rows.append([label, entry["methods"], len(entry["runs"]), _pm(entry["miou_mean"], entry["miou_std"]),
+                     entry["delta_vs_baseline"], entry["gap_closure_percent"], entry["seconds_per_step"]])
+    header = ["variant", "loss", "seeds", "student mIoU % (mean ± std)", "Δ vs baseline", "gap closure %", "s/step"]
+    versions = table["run"].get("versions", {})
+    lines = [
+        f"# Sweep {Path(table['sweep']).name}",
+        "",
+        table["description"].strip(),
+        "",
+        f"Teacher (trained once, `{table['teacher']['run_dir']}/`): val mIoU {table['teacher']['miou']:.2f} %.",
+        f"Student seeds: {table['seeds']}. Gap closure = (student - baseline) / (teacher - baseline), "
+        f"from the variants' mean mIoU; std is the sample standard deviation over seeds. "
+        f"s/step = mean seconds per training step (every variant runs through the Distiller, so it includes "
+        f"the teacher's forward pass).",
+        "",
+        markdown_table(header, rows),
+        "",
+        f"Per-seed figures and run folders: `sweep.json`. Dataset fingerprint "
+        f"`{str(table['run'].get('dataset_fingerprint', '-'))[:12]}`, git `{str(table['run'].get('git_sha', '-'))[:10]}`, "
+        f"torch {versions.get('torch', '-')}.",
+        "",
+    ]
+    return "\n".join(lines).replace("\n\n\n\n", "\n\n")  # no gap where there is no description

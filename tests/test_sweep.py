@@ -1,0 +1,149 @@
+"""`python -m pipeline sweep`: one teacher, students over variants x seeds, a table whose numbers
+are the runs' own metrics; bad sweep files fail before anything trains."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.cli import main
+from pipeline.config import ConfigError
+from pipeline.sweep import load_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {  # smoke-sized and smaller: seconds per training
+    "run.threads": 1,
+    "data.train_size": 32,
+    "data.val_size": 8,
+    "teacher.train": {"epochs": 1, "batch_size": 8, "max_steps_per_epoch": 2},
+    "student.train": {"epochs": 1, "batch_size": 8, "max_steps_per_epoch": 2},
+}
+
+
+def write_sweep(folder: Path, **fields) -> Path:
+    spec = {"base": str(ROOT / "configs" / "smoke.yaml"), "overrides": TINY, "seeds": 2,
+            "variants": {"baseline": {"distill.methods": [{"name": "none"}]},
+                         "tat": {"distill.methods": [{"name": "tat_patch", "patches": 2, "groups": 4},
+                                                     {"name": "tat_anchor", "weight": 0.5, "anchors": 4}]}}}
+    spec.update(fields)
+    path = folder / "tiny_sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture(scope="module")
+def sweep_run(tmp_path_factory) -> tuple[Path, dict]:
+    folder = tmp_path_factory.mktemp("sweep")
+    out = folder / "out"
+    assert main(["sweep", str(write_sweep(folder)), "--out", str(out)]) == 0
+    return out, json.loads((out / "sweep.json").read_text())
+
+
+def run_metrics(out: Path, variant: str, seed: int) -> dict:
+    return json.loads((out / variant / f"seed{seed}" / "metrics.json").read_text())
+
+
+def test_the_teacher_is_trained_once_and_reused_by_every_run(sweep_run):
+    out, table = sweep_run
+    teacher = json.loads((out / "teacher" / "train_teacher" / "_complete.json").read_text())
+    assert table["teacher"]["fingerprint"] == teacher["fingerprint"]
+    for variant in ("baseline", "tat"):
+        for seed in (0, 1):
+            metrics = run_metrics(out, variant, seed)
+            assert metrics["stages"]["train_teacher"]["status"] == "skipped"
+            assert metrics["stages"]["train_teacher"]["fingerprint"] == teacher["fingerprint"]
+            assert metrics["stages"]["distill_student"]["status"] == "ran"
+            assert "train_student_baseline" not in metrics["stages"] or \
+                metrics["stages"]["train_student_baseline"]["status"] == "disabled"
+            assert metrics["teacher"]["miou"] == table["teacher"]["miou"]
+
+
+def test_seeds_vary_the_student_only(sweep_run):
+    out, _ = sweep_run
+    configs = [yaml.safe_load((out / "tat" / f"seed{s}" / "config.yaml").read_text()) for s in (0, 1)]
+    assert [c["student"]["train"]["seed"] for c in configs] == [0, 1]
+    assert configs[0]["teacher"] == configs[1]["teacher"] and configs[0]["run"]["seed"] == configs[1]["run"]["seed"]
+    histories = [(out / "tat" / f"seed{s}" / "distill_student" / "history.jsonl").read_text() for s in (0, 1)]
+    assert histories[0] != histories[1], "different student seeds must train differently"
+
+
+def test_table_numbers_come_from_the_runs(sweep_run):
+    out, table = sweep_run
+    assert table["seeds"] == [0, 1] and table["baseline"] == "baseline"
+    means = {}
+    for variant, entry in table["variants"].items():
+        mious = [run_metrics(out, variant, seed)["student"]["miou"] for seed in (0, 1)]
+        assert [run["miou"] for run in entry["runs"]] == mious
+        assert entry["miou_mean"] == pytest.approx(statistics.fmean(mious), abs=1e-4)
+        assert entry["miou_std"] == pytest.approx(statistics.stdev(mious), abs=1e-4)
+        steps = [run_metrics(out, variant, seed)["student"]["seconds_per_step"] for seed in (0, 1)]
+        assert entry["seconds_per_step"] == pytest.approx(statistics.fmean(steps), abs=1e-4)
+        means[variant] = entry["miou_mean"]
+    gap = table["teacher"]["miou"] - means["baseline"]
+    expected = None if abs(gap) < 1e-9 else round(100 * (means["tat"] - means["baseline"]) / gap, 2)
+    assert table["variants"]["tat"]["gap_closure_percent"] == expected
+    assert table["variants"]["tat"]["delta_vs_baseline"] == pytest.approx(means["tat"] - means["baseline"], abs=1e-4)
+    markdown = (out / "sweep.md").read_text()
+    assert "baseline (baseline)" in markdown and "0.5*tat_anchor(anchors=4x4)" in markdown
+    assert "±" in markdown
+
+
+def test_a_second_sweep_resumes_without_training(sweep_run, capsys):
+    out, table = sweep_run
+    path = Path(table["sweep"])
+    assert main(["sweep", str(path), "--out", str(out)]) == 0
+    for variant in ("baseline", "tat"):
+        for seed in (0, 1):
+            assert run_metrics(out, variant, seed)["stages"]["distill_student"]["status"] == "skipped"
+    assert json.loads((out / "sweep.json").read_text())["variants"] == table["variants"]
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"variant": {}}, "unknown key 'variant'; did you mean 'variants'?"),
+    ({"baseline": "base"}, "baseline 'base' is not one of the variants; did you mean 'baseline'?"),
+    ({"variants": {"big_teacher": {"teacher.train.epochs": 3}, "baseline": {}}},
+     "variant 'big_teacher' changes teacher, which the teacher depends on"),
+    ({"variants": {"baseline": {"distill.methods": [{"name": "tat_patch", "patches": 3, "groups": 2}]}}},
+     "groups=2 must divide the number of patches n*m = 9"),
+    ({"variants": {"baseline": {"distill.ce_wieght": 1}}}, "did you mean 'distill.ce_weight'"),
+    ({"seeds": 0}, "seeds: Input should be greater than or equal to 1"),
+])
+def test_bad_sweep_files_fail_before_any_work(tmp_path, fields, message):
+    path = write_sweep(tmp_path, **fields)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("?", r"\?").replace("*", r"\*")):
+        load_sweep(path, out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_feature_size_errors_stop_the_sweep_before_the_teacher_trains(tmp_path, capsys):
+    path = write_sweep(tmp_path, variants={"baseline": {"distill.methods": [{"name": "tat_anchor", "anchors": 16}]}})
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "set anchors to at most [8, 8]" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_shipped_ablation_files_are_valid():
+    table7 = load_sweep(ROOT / "configs" / "ablation_tat.yaml")
+    assert list(table7.spec.variants) == ["baseline", "kd", "anchor", "patch", "patch_anchor", "patch_anchor_kd"]
+    assert table7.seeds == (0, 1, 2)
+    grid = load_sweep(ROOT / "configs" / "ablation_tat_grid.yaml", seeds=1)
+    assert len(grid.runs) == len(grid.spec.variants)
+
+
+def test_gap_closure_uses_the_baseline_variants_mean(tmp_path):
+    from pipeline.sweep import summarise
+    from pipeline.stage import StageRecord
+
+    sweep = load_sweep(write_sweep(tmp_path), out=tmp_path / "out")
+    fake = {("baseline", 0): 40.0, ("baseline", 1): 42.0, ("tat", 0): 50.0, ("tat", 1): 52.0}
+    results = [(run, {"student": {"miou": fake[run.variant, run.seed], "seconds_per_step": 0.1, "steps": 2}})
+               for run in sweep.runs]
+    record = StageRecord("train_teacher", "f" * 64, {}, {}, {}, 1.0, "now")
+    table = summarise(sweep, {"teacher": {"miou": 60.0}}, record, results)
+    assert table["variants"]["tat"]["gap_closure_percent"] == pytest.approx(100 * (51 - 41) / (60 - 41), abs=0.01)
+    assert table["variants"]["baseline"]["gap_closure_percent"] == 0.0
+    assert table["variants"]["tat"]["miou_std"] == pytest.approx(statistics.stdev([50.0, 52.0]), abs=1e-4)

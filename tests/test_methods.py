@@ -12,7 +12,7 @@ from torch import nn
 
 from pipeline.builders import build_distiller, build_student, build_teacher
 from pipeline.config import MethodSpec, load_config
-from pipeline.distill import available_methods, build_method, feature_info
+from pipeline.distill import available_methods, build_method
 from pipeline.distill.methods.afd import AFD
 from pipeline.distill.methods.at import at_loss
 from pipeline.distill.methods.cwd import cwd_loss

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch.nn.functional as F
 from torch import Tensor
 
 
-def resize_to(x: Tensor, size: tuple[int, int] | list[int] | object) -> Tensor:
+def resize_to(x: Tensor, size: Sequence[int]) -> Tensor:
     """Bilinear resize of a (B, C, H, W) map to ``size`` (a no-op when it already has that size)."""
-    size = tuple(size)  # type: ignore[arg-type]
-    if tuple(x.shape[-2:]) == size:
+    if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 def attention_map(feature: Tensor, p: float = 2.0) -> Tensor:

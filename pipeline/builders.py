@@ -3,21 +3,33 @@ the Distiller, and the data loaders. Stages call these; nothing else builds mode
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.data import DatasetInfo, build_dataset, dataset_info
 from pipeline.distill import Distiller, build_method, feature_info, method_class
-from pipeline.distill.registry import parse_options
+from pipeline.distill.base import TeacherCentersRequest
+from pipeline.distill.registry import method_weight, parse_options
 from pipeline.models import SegmentationModel, build_segmentation_model
 
 
 def build_teacher(config: PipelineConfig) -> SegmentationModel:
     return build_segmentation_model(config.teacher.model, dataset_info(config.data).num_classes)
+
+
+def teacher_centers_requests(config: PipelineConfig) -> dict[str, TeacherCentersRequest]:
+    """Method name -> the teacher k-means centres it needs (empty: the teacher_centers stage is off)."""
+    requests = {}
+    for spec in config.distill.methods:
+        request = method_class(spec.name).teacher_centers_request(parse_options(spec))
+        if request is not None:
+            requests[spec.name] = request
+    return requests
 
 
 def student_neck(config: PipelineConfig, channels: int) -> nn.Module | None:
@@ -44,15 +56,26 @@ def build_student(config: PipelineConfig, with_methods: bool = True) -> Segmenta
     return build_segmentation_model(config.student.model, num_classes, neck=neck)
 
 
-def build_distiller(config: PipelineConfig, teacher: SegmentationModel, student: SegmentationModel) -> Distiller:
+def build_distiller(
+    config: PipelineConfig,
+    teacher: SegmentationModel,
+    student: SegmentationModel,
+    artifacts: Mapping[str, Mapping[str, Tensor]] | None = None,
+) -> Distiller:
+    """``artifacts``: method name -> its precomputed artifacts (e.g. {"letkd": {"teacher_centers": C}}).
+
+    Artifacts are needed to compute losses, not to load or strip a trained Distiller.
+    """
     student_info, teacher_info = feature_info(student), feature_info(teacher)
+    artifacts = artifacts or {}
     methods = []
     for index, spec in enumerate(config.distill.methods):
         # Settings that only fail against these models (feature sizes, widths) fail here, before training.
         try:
             method_class(spec.name).check_input_size(parse_options(spec), student_info, teacher_info,
                                                      config.data.image_size)
-            methods.append((spec.weight, build_method(spec, student_info, teacher_info)))
+            methods.append((method_weight(spec),
+                            build_method(spec, student_info, teacher_info, artifacts.get(spec.name))))
         except ValueError as exc:
             raise ConfigError(f"distill.methods[{index}] ({spec.name}): {exc}") from None
     info = dataset_info(config.data)

@@ -77,8 +77,11 @@ def cmd_methods(_: argparse.Namespace) -> int:
     from pipeline.distill import available_methods
 
     for name, cls in available_methods().items():
-        options = ", ".join(f"{key}={field.default!r}" for key, field in cls.Options.model_fields.items())
-        print(f"{name:<14} {cls.summary}" + (f"\n{'':<14} options: {options}" if options else ""))
+        print(f"{name:<14} {cls.summary}")
+        print(f"{'':<14}   weight = {cls.default_weight:g} (default)")
+        for key, field in cls.Options.model_fields.items():
+            default = list(field.default) if isinstance(field.default, tuple) else field.default
+            print(f"{'':<14}   {key} = {default!r}" + (f"  # {field.description}" if field.description else ""))
     return 0
 
 

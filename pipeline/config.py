@@ -131,7 +131,7 @@ class MethodSpec(StrictModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
     name: str
-    weight: float = Field(1.0, ge=0)
+    weight: float | None = Field(None, ge=0, description="None = the method's default_weight (`python -m pipeline methods`)")
 
     @property
     def options(self) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.distill.registry import method_weight
 from pipeline.artifacts import atomic_write_json, atomic_write_text
 from pipeline.config import (
     ConfigError,
@@ -273,7 +274,7 @@ def method_label(config: PipelineConfig) -> str:
             continue
         resolved = parse_options(spec)
         options = ", ".join(f"{key}={_short(getattr(resolved, key))}" for key in spec.options)
-        parts.append(f"{spec.weight:g}*{spec.name}" + (f"({options})" if options else ""))
+        parts.append(f"{method_weight(spec):g}*{spec.name}" + (f"({options})" if options else ""))
     return " + ".join(parts)
 
 

@@ -6,6 +6,7 @@ from stages import (
     export_onnx,
     report,
     strip,
+    teacher_centers,
     train_student_baseline,
     train_teacher,
     validate,
@@ -13,6 +14,7 @@ from stages import (
 
 STAGES = (
     train_teacher.STAGE,
+    teacher_centers.STAGE,
     train_student_baseline.STAGE,
     distill_student.STAGE,
     strip.STAGE,

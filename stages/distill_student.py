@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pipeline.builders import build_distiller, build_student, build_teacher, load_weights
+from pipeline.distill.registry import method_weight
 from pipeline.stage import Stage, StageContext, StageResult
 from stages.common import TRAINING_CODE, TRAINING_KEYS, run_training, seed_model_init
+from stages.teacher_centers import load_centers
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -12,17 +14,19 @@ def run(ctx: StageContext) -> StageResult:
     # The student first: with the same seed it starts from the baseline student's initial weights.
     student = build_student(ctx.config)
     teacher = load_weights(build_teacher(ctx.config), ctx.input_path("train_teacher", "weights"))
-    distiller = build_distiller(ctx.config, teacher, student)
+    distiller = build_distiller(ctx.config, teacher, student, artifacts=load_centers(ctx))
     result = run_training(ctx, distiller, ctx.config.student.train, "student", "distill")
-    result.metrics["student"]["methods"] = [spec.model_dump() for spec in ctx.config.distill.methods]
+    # The resolved weights, so the record says what was trained even when the config left them out.
+    result.metrics["student"]["methods"] = [{**spec.model_dump(), "weight": method_weight(spec)}
+                                            for spec in ctx.config.distill.methods]
     return result
 
 
 STAGE = Stage(
     name="distill_student",
     run=run,
-    inputs=("train_teacher",),
+    inputs=("train_teacher", "teacher_centers"),
     config_keys=(*TRAINING_KEYS, "student", "distill", "teacher.model"),
-    code=TRAINING_CODE,
+    code=(*TRAINING_CODE, "stages.teacher_centers"),
     description="train the student against the teacher (TaT, KD, ... in the method slot)",
 )

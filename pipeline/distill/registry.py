@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
+from torch import Tensor
 
 from pipeline.distill.base import DistillMethod, FeatureInfo, MethodOptions
 
@@ -62,9 +64,19 @@ def validate_method_spec(spec: "MethodSpec", where: str) -> None:
         raise ValueError("; ".join(problems)) from None
 
 
-def build_method(spec: "MethodSpec", student: FeatureInfo, teacher: FeatureInfo) -> DistillMethod:
+def build_method(
+    spec: "MethodSpec",
+    student: FeatureInfo,
+    teacher: FeatureInfo,
+    artifacts: Mapping[str, Tensor] | None = None,
+) -> DistillMethod:
     cls = method_class(spec.name)
-    return cls(parse_options(spec), student, teacher)
+    return cls(parse_options(spec), student, teacher, artifacts=artifacts)
+
+
+def method_weight(spec: "MethodSpec") -> float:
+    """The spec's weight, or the method's own default when the config gives none."""
+    return float(spec.weight) if spec.weight is not None else float(method_class(spec.name).default_weight)
 
 
 def _load_builtin_methods() -> None:

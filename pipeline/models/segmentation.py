@@ -15,7 +15,9 @@ class SegmentationModel(nn.Module):
 
     Features: ``stage1..stage4`` (backbone, stage4 before the neck), ``neck`` (after it) and
     ``decoder`` (the head's last 3x3 conv-BN, before ReLU). The neck is ``nn.Identity`` unless a
-    method keeps a layer at inference (LetKD); it is part of the exported architecture.
+    method keeps a layer at inference (LetKD); it is part of the exported architecture. A neck that
+    defines ``forward_features(x) -> (out, {name: tensor})`` and ``feature_channels`` ({name: C})
+    adds those named tensors (at stage4's stride) to the features, e.g. LetKD's ``kd_scores``.
     """
 
     def __init__(
@@ -38,6 +40,10 @@ class SegmentationModel(nn.Module):
         strides = dict(backbone.strides)
         strides["neck"] = strides["stage4"]
         strides["decoder"] = strides[head.decoder_stride_source]
+        for name, count in getattr(self.neck, "feature_channels", {}).items():
+            if name in channels:
+                raise ValueError(f"the neck's feature '{name}' would shadow a model feature; rename it")
+            channels[name], strides[name] = count, strides["stage4"]
         self._feature_channels = channels
         self._feature_strides = strides
 
@@ -51,7 +57,11 @@ class SegmentationModel(nn.Module):
 
     def forward_features(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         features = self.backbone(x)
-        features["neck"] = self.neck(features["stage4"])
+        if hasattr(self.neck, "forward_features"):
+            features["neck"], extra = self.neck.forward_features(features["stage4"])
+            features.update(extra)
+        else:
+            features["neck"] = self.neck(features["stage4"])
         logits, features["decoder"] = self.head(features["neck"], features["stage1"])
         # size= from the input's symbolic shape keeps the ONNX graph valid for any H/W.
         logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)

@@ -11,7 +11,7 @@ from pipeline.distill.registry import register
 
 
 class KDOptions(MethodOptions):
-    temperature: float = Field(4.0, gt=0)
+    temperature: float = Field(4.0, gt=0, description="softens both class distributions; the loss is scaled by T^2")
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:

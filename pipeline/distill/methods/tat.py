@@ -7,6 +7,8 @@ only; stripped with the Distiller).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import math
 from typing import Any, ClassVar, Literal
 
@@ -50,8 +52,9 @@ class TaTMethodBase(DistillMethod):
 
     Options: ClassVar[type[TaTOptions]] = TaTOptions
 
-    def __init__(self, options: TaTOptions, student: FeatureInfo, teacher: FeatureInfo) -> None:
-        super().__init__(options, student, teacher)
+    def __init__(self, options: TaTOptions, student: FeatureInfo, teacher: FeatureInfo,
+                 artifacts: Mapping[str, Tensor] | None = None) -> None:
+        super().__init__(options, student, teacher, artifacts)
         student_channels = student.require(options.student_feature, self.name, "student")
         teacher_channels = teacher.require(options.teacher_feature, self.name, "teacher")
         student_stride = student.strides[options.student_feature]

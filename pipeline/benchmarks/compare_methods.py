@@ -1,0 +1,147 @@
+"""Side-by-side comparison of distillation methods from a finished sweep, deployment figures included.
+
+    python -m pipeline sweep configs/compare_methods.yaml                        # trains (until distill_student)
+    python -m pipeline.benchmarks.compare_methods exported/sweeps/compare_methods  # strips, exports, measures
+
+The sweep leaves ordinary run folders ``<sweep>/<variant>/seed<k>/``. This command reads every
+one's metrics (student mIoU, seconds per training step) and, for the first seed of each variant,
+continues that run with the pipeline's own stages through strip, export, ONNX Runtime validation
+and benchmark (the trained stages are skipped as up to date): the exported student's parameter
+count and ONNX Runtime latency, which only LetKD changes, come from there. ``key=value``
+overrides (e.g. ``benchmark.threads=1``) apply to those continued runs only.
+
+Writes ``compare_methods.json`` and ``compare_methods.md`` into ``--out`` (default: the sweep folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifacts import atomic_write_json, atomic_write_text, read_json
+from pipeline.config import ConfigError, load_config
+from pipeline.runner import METRICS_NAME, PipelineError, Runner
+from pipeline.summary import markdown_table
+
+UNTIL = "benchmark"
+
+
+def find_runs(sweep_dir: Path) -> dict[str, list[Path]]:
+    """variant -> its seed run folders (sorted), for every run whose student finished training."""
+    runs: dict[str, list[Path]] = {}
+    for config in sorted(sweep_dir.glob("*/seed*/config.yaml")):
+        run = config.parent
+        metrics_path = run / METRICS_NAME
+        if metrics_path.is_file() and "miou" in read_json(metrics_path).get("student", {}):
+            runs.setdefault(run.parent.name, []).append(run)
+    if not runs:
+        raise PipelineError(f"{sweep_dir} holds no finished sweep runs (<variant>/seed<k>/metrics.json with a "
+                            "student mIoU); run `python -m pipeline sweep configs/compare_methods.yaml` first")
+    return {variant: sorted(folders, key=lambda p: int(p.name.removeprefix("seed"))) for variant, folders in runs.items()}
+
+
+def deploy_figures(run: Path, overrides: list[str]) -> dict[str, Any]:
+    """Continue one run through strip/export/validate/benchmark and return its deployment figures."""
+    from stages import STAGES
+
+    config = load_config(run / "config.yaml", overrides)
+    metrics = Runner(config, run, STAGES).run(until=UNTIL)
+    ort = metrics.get("backends", {}).get("onnxruntime", {})
+    latency = ort.get("latency_ms", {})
+    return {
+        "run_dir": str(run),
+        "student_params": metrics.get("strip", {}).get("student_params"),
+        "onnx_bytes": metrics.get("export", {}).get("size_bytes"),
+        "onnxruntime_status": ort.get("status"),
+        "onnxruntime_max_abs_diff": ort.get("max_abs_diff"),
+        "onnxruntime_p50_ms": latency.get("p50"),
+        "onnxruntime_p90_ms": latency.get("p90"),
+        "benchmark": ort.get("benchmark"),
+    }
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(statistics.fmean(values), 4) if values else None
+
+
+def _std(values: list[float]) -> float | None:
+    return round(statistics.stdev(values), 4) if len(values) > 1 else None
+
+
+def compare(sweep_dir: Path, baseline: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    runs = find_runs(sweep_dir)
+    if baseline is None:
+        baseline = next((name for name in ("baseline", "none") if name in runs), None)
+    elif baseline not in runs:
+        raise PipelineError(f"baseline variant '{baseline}' has no finished runs; variants: {', '.join(runs)}")
+    per_run = {variant: [read_json(run / METRICS_NAME) for run in folders] for variant, folders in runs.items()}
+    teacher_miou = per_run[next(iter(per_run))][0]["teacher"]["miou"]
+    baseline_mean = _mean([m["student"]["miou"] for m in per_run[baseline]]) if baseline else None
+    variants: dict[str, Any] = {}
+    for variant, folders in runs.items():
+        mious = [m["student"]["miou"] for m in per_run[variant]]
+        mean = _mean(mious)
+        gap = None if baseline_mean is None else teacher_miou - baseline_mean
+        variants[variant] = {
+            "methods": per_run[variant][0]["student"].get("methods"),
+            "seeds": len(mious),
+            "miou": mious,
+            "miou_mean": mean,
+            "miou_std": _std(mious),
+            "gap_closure_percent": None if gap is None or abs(gap) < 1e-9 else round(100 * (mean - baseline_mean) / gap, 2),
+            "seconds_per_step": _mean([m["student"]["seconds_per_step"] for m in per_run[variant]]),
+            **deploy_figures(folders[0], overrides or []),
+        }
+    return {"sweep_dir": str(sweep_dir), "teacher_miou": teacher_miou, "baseline": baseline, "variants": variants}
+
+
+def comparison_markdown(table: dict[str, Any]) -> str:
+    rows = []
+    for name, v in table["variants"].items():
+        miou = "-" if v["miou_mean"] is None else (
+            f"{v['miou_mean']:.2f} ± {v['miou_std']:.2f}" if v["miou_std"] is not None else f"{v['miou_mean']:.2f}")
+        rows.append([name + (" (baseline)" if name == table["baseline"] else ""), v["seeds"], miou,
+                     v["gap_closure_percent"], v["seconds_per_step"], v["student_params"], v["onnxruntime_p50_ms"],
+                     v["onnxruntime_status"]])
+    header = ["variant", "seeds", "student mIoU % (mean ± std)", "gap closure %", "s/step", "exported params",
+              "ORT p50 ms", "ORT validation"]
+    return "\n".join([
+        f"# Distillation methods compared ({table['sweep_dir']})",
+        "",
+        f"Teacher val mIoU {table['teacher_miou']:.2f} %. Gap closure = (student - baseline) / (teacher - baseline) "
+        "from mean mIoU; std over seeds. Params and ONNX Runtime latency (batch and threads from the runs' "
+        "`benchmark` config) are measured on each variant's first seed: the architecture does not depend on it.",
+        "",
+        markdown_table(header, rows),
+        "",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.benchmarks.compare_methods", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep_dir", type=Path, help="a finished sweep folder, e.g. exported/sweeps/compare_methods")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="applied to the continued runs")
+    parser.add_argument("--baseline", help="variant gap closure is measured against (default: baseline or none)")
+    parser.add_argument("--out", type=Path, help="where to write compare_methods.{json,md} (default: sweep_dir)")
+    args = parser.parse_args(argv)
+    try:
+        table = compare(args.sweep_dir, args.baseline, args.overrides)
+    except (ConfigError, PipelineError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or args.sweep_dir
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "compare_methods.json", table)
+    markdown = comparison_markdown(table)
+    atomic_write_text(out / "compare_methods.md", markdown)
+    print(markdown)
+    print(f"written: {out / 'compare_methods.json'}, {out / 'compare_methods.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

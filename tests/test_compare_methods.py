@@ -1,0 +1,61 @@
+"""configs/compare_methods.yaml covers every method with valid settings, and the comparison command
+turns finished sweep runs into a table with the exported student's size and ONNX Runtime latency."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.benchmarks.compare_methods import main as compare_main
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.distill import available_methods
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPARE = ROOT / "configs" / "compare_methods.yaml"
+SMOKE = str(ROOT / "configs" / "smoke.yaml")
+
+
+def test_the_comparison_sweep_covers_every_method_with_valid_settings_and_three_seeds():
+    sweep = yaml.safe_load(COMPARE.read_text())
+    assert sweep["base"] == "default.yaml" and sweep["seeds"] == 3
+    named = {spec["name"] for variant in sweep["variants"].values() for spec in variant["distill.methods"]}
+    assert set(available_methods()) - {"none"} <= named | {"none"}, "every method needs a variant"
+    assert {"tat_patch", "tat_anchor", "kd"} <= named
+    registered = set(available_methods())
+    for name, variant in sweep["variants"].items():
+        methods = variant["distill.methods"]
+        if {spec["name"] for spec in methods} <= registered:  # TaT lives on its own branch until merged
+            load_config(ROOT / "configs" / sweep["base"], [f"distill.methods={json.dumps(methods)}"])
+        for spec in methods:
+            if spec["name"] in registered and spec["name"] != "none":
+                assert spec["weight"] is not None, f"{name}: write the weight so the table states it"
+
+
+@pytest.mark.slow
+def test_compare_command_adds_exported_params_and_latency_to_the_sweep_figures(tmp_path):
+    fast = ["run.threads=1", "baseline.enabled=false", "teacher.train.epochs=1", "student.train.epochs=1",
+            "student.train.max_steps_per_epoch=1", "data.val_size=4", "validate.parity_images=2",
+            "benchmark.min_iters=2", "benchmark.warmup=0", "benchmark.min_seconds=0",
+            "export.dynamic=false", "validate.batch_size=2", "benchmark.batch_size=2"]  # static export: 4x cheaper
+    sweep = tmp_path / "sweep"
+    teacher = tmp_path / "teacher"
+    assert main(["run", SMOKE, "--out", str(teacher), *fast, "--until", "train_teacher"]) == 0
+    for variant, methods in (("baseline", "[{name: none}]"), ("letkd", "[{name: letkd, num_templates: 8}]")):
+        run = sweep / variant / "seed0"
+        shutil.copytree(teacher / "train_teacher", run / "train_teacher", copy_function=os.link)
+        assert main(["run", SMOKE, "--out", str(run), *fast, f"distill.methods={methods}",
+                     "--until", "distill_student"]) == 0
+    assert compare_main([str(sweep)]) == 0
+    table = json.loads((sweep / "compare_methods.json").read_text())
+    baseline, letkd = table["variants"]["baseline"], table["variants"]["letkd"]
+    assert table["baseline"] == "baseline" and baseline["gap_closure_percent"] in (0.0, None)
+    assert letkd["student_params"] > baseline["student_params"], "LetKD's KD layer ships with the student"
+    for row in (baseline, letkd):
+        assert row["onnxruntime_status"] == "passed" and row["onnxruntime_p50_ms"] > 0 and row["seeds"] == 1
+    assert "exported params" in (sweep / "compare_methods.md").read_text()

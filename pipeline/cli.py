@@ -33,6 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides applied to every variant")
     sweep.add_argument("--out", type=Path, help="sweep folder (default: exported/sweeps/<sweep file name>)")
     sweep.add_argument("--seeds", type=int, help="student seeds per variant (default: the sweep file's seeds)")
+    bench = commands.add_parser("bench", help="latency of any ONNX file in ONNX Runtime (trtexec style)")
+    bench.add_argument("model", type=Path, help="an .onnx file")
+    bench.add_argument("--shape", action="append", default=[], help="input shape NxCxHxW (repeatable)")
+    bench.add_argument("--providers", nargs="+", default=["CPUExecutionProvider"], help="ONNX Runtime providers")
+    bench.add_argument("--threads", type=int, help="intra-op threads (default: onnxruntime's)")
+    bench.add_argument("--warmup", type=int, default=10)
+    bench.add_argument("--min-iters", type=int, default=50)
+    bench.add_argument("--min-seconds", type=float, default=2.0)
+    bench.add_argument("--out", type=Path, help="folder for bench.{json,csv,md}")
     return parser
 
 
@@ -110,7 +119,22 @@ def print_summary(metrics: dict, run_dir: Path, config_path: Path) -> None:
     print(f"  less {run_dir}/report/report.md                                # the report")
 
 
-COMMANDS = {"run": cmd_run, "status": cmd_status, "methods": cmd_methods, "sweep": cmd_sweep}
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pipeline.bench import BenchError, run_bench
+
+    try:
+        _, table = run_bench(args.model, args.shape, args.providers, args.threads, args.warmup, args.min_iters,
+                             args.min_seconds, args.out)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(table)
+    if args.out:
+        print(f"written: {args.out}/bench.json, bench.csv, bench.md")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "status": cmd_status, "methods": cmd_methods, "sweep": cmd_sweep, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -166,12 +166,50 @@ class ExportConfig(StrictModel):
     simplify: bool = Field(False, description="run onnxslim; kept only when parity still holds")
 
 
+class QuantizeConfig(StrictModel):
+    """INT8 (ONNX Runtime static QDQ) and FP16 models derived from the FP32 export."""
+
+    int8: bool = True
+    fp16: bool = True
+    calibration_images: int = Field(64, ge=1, description="training images (no augmentation) for INT8 ranges")
+    # U8S8 is the fast kind on x86 (VNNI's u8 x s8 dot product); TensorRT needs S8 activations, so
+    # an S8S8 twin is written for it whenever a TensorRT INT8 engine is asked for.
+    activation_type: Literal["quint8", "qint8"] = "quint8"
+    calibrate_method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    float_op_types: tuple[str, ...] = Field(("Resize",), description="op types kept in float")
+    float_nodes: tuple[str, ...] = Field((), description="node names kept in float")
+    float_classifier: bool = Field(True, description="keep the final classifier Conv in float")
+
+
+class EngineConfig(StrictModel):
+    """TensorRT engines built from the FP16 and Q/DQ INT8 ONNX models (skipped without TensorRT/CUDA)."""
+
+    enabled: bool = True
+    precisions: tuple[Literal["fp16", "int8"], ...] = ("fp16", "int8")
+    # Optimisation profile, NCHW shapes; None = derived from data.image_size (s/2 .. 2s) and max_batch.
+    min_shape: tuple[int, int, int, int] | None = None
+    opt_shape: tuple[int, int, int, int] | None = None
+    max_shape: tuple[int, int, int, int] | None = None
+    max_batch: int = Field(8, ge=1)
+    workspace_mb: int = Field(1024, ge=16)
+    cache_dir: Path | None = Field(None, description="engine + timing cache; None = ~/.cache/pipeline/tensorrt")
+
+
+class DeployConfig(StrictModel):
+    enabled: bool = True
+
+
 class ValidateConfig(StrictModel):
     max_images: int | None = Field(None, ge=1, description="val images for mIoU; None = whole split")
     parity_images: int = Field(8, ge=1, description="fixed saved inputs for the tensor-parity check")
     batch_size: int = Field(8, ge=1)
     atol: float = Field(1e-4, gt=0, description="max abs logit difference allowed")
     miou_tolerance: float = Field(0.05, ge=0, description="max mIoU drop (points) allowed vs PyTorch")
+    # FP32 parity of the one dynamic model at several input sides and batch sizes; None = derived.
+    parity_sizes: tuple[int, ...] | None = Field(None, description="input sides; None = (s, 1.5 s, 2 s), s = image_size")
+    parity_batches: tuple[int, ...] = (1, 2)
+    fp16_miou_tolerance: float = Field(0.3, ge=0, description="max mIoU drop (points) of FP16 back ends")
+    int8_miou_tolerance: float = Field(1.0, ge=0, description="max mIoU drop (points) of INT8 back ends")
 
 
 class BenchmarkConfig(StrictModel):
@@ -194,6 +232,9 @@ class PipelineConfig(StrictModel):
     baseline: BaselineConfig = BaselineConfig()
     distill: DistillConfig = DistillConfig()
     export: ExportConfig = ExportConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+    engine: EngineConfig = EngineConfig()
+    deploy: DeployConfig = DeployConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     benchmark: BenchmarkConfig = BenchmarkConfig()
     report: ReportConfig = ReportConfig()

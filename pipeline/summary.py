@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+# metrics-contract v1 keys that mirror a <backend>-<precision> entry (see pipeline/backends.py).
+LEGACY_BACKEND_ALIASES = {"pytorch": "pytorch-fp32", "onnxruntime": "onnxruntime-fp32"}
 MODEL_ROWS = (("teacher", "teacher"), ("student_baseline", "student (baseline, CE only)"),
               ("student", "student (distilled)"))
 
@@ -34,7 +36,10 @@ def models_table(metrics: dict[str, Any]) -> str:
 
 def backends_table(metrics: dict[str, Any]) -> str:
     rows = []
-    for name, backend in metrics.get("backends", {}).items():
+    backends = metrics.get("backends", {})
+    for name, backend in backends.items():
+        if name in LEGACY_BACKEND_ALIASES and LEGACY_BACKEND_ALIASES[name] in backends:
+            continue  # the same entry is shown under its <backend>-<precision> key
         latency = backend.get("latency_ms", {})
         rows.append([name, backend.get("status"), backend.get("precision"), backend.get("miou"),
                      backend.get("miou_delta"), backend.get("max_abs_diff"), latency.get("p50"),

@@ -2,8 +2,11 @@
 
 from stages import (
     benchmark,
+    build_engine,
+    deploy,
     distill_student,
     export_onnx,
+    quantize,
     report,
     strip,
     teacher_centers,
@@ -19,8 +22,11 @@ STAGES = (
     distill_student.STAGE,
     strip.STAGE,
     export_onnx.STAGE,
+    quantize.STAGE,
+    build_engine.STAGE,
     validate.STAGE,
     benchmark.STAGE,
+    deploy.STAGE,
     report.STAGE,
 )
 

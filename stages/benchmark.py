@@ -1,4 +1,10 @@
-"""Stage 7: batch latency of every backend, trtexec style (warm-up, minimum count and duration)."""
+"""Stage: latency of every backend x precision, trtexec style, and the benchmark table.
+
+Warm-up, then at least ``benchmark.min_iters`` calls and ``benchmark.min_seconds``; p50/p90/
+p95/p99/mean and throughput. The status of each row comes from the validate stage (a backend
+that failed validation is still timed, and says so). Writes ``benchmark.{json,csv,md}`` with the
+machine, threads, providers and versions beside the figures.
+"""
 
 from __future__ import annotations
 
@@ -6,37 +12,77 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.builders import build_student, load_weights
+from pipeline.backends import backend_plan, open_backend, with_legacy_aliases
+from pipeline.benchmark_table import table_row, write_table
 from pipeline.latency import machine_info, measure_latency
-from pipeline.runtime import OnnxRuntimePredictor, Predictor, TorchPredictor
 from pipeline.stage import Stage, StageContext, StageResult
+from stages.deployables import DEPLOY_INPUTS, run_artifacts, student_factory
 
 
 def run(ctx: StageContext) -> StageResult:
     config = ctx.config
     bench = config.benchmark
-    student = load_weights(build_student(config), ctx.input_path("strip", "student"))
-    predictors: dict[str, Predictor] = {
-        "pytorch": TorchPredictor(student, device="cpu", threads=bench.threads),
-        "onnxruntime": OnnxRuntimePredictor(ctx.input_path("export_onnx", "onnx"), threads=bench.threads),
-    }
+    artifacts = run_artifacts(ctx)
+    validated = ctx.input_metrics("validate").get("backends", {})
     size = config.data.image_size
     images = np.random.default_rng(0).standard_normal((bench.batch_size, 3, size, size)).astype(np.float32)
+
     backends: dict[str, Any] = {}
-    for name, predictor in predictors.items():
+    for spec in backend_plan(student_factory(ctx), threads=bench.threads):
+        entry = dict(validated.get(spec.key, {}))
+        opened = open_backend(spec, artifacts)
+        if opened.predictor is None:
+            backends[spec.key] = {**entry, **opened.unavailable_row()}
+            print(f"[benchmark] {spec.key}: {opened.status} ({opened.reason})")
+            continue
+        predictor = opened.predictor
         stats = measure_latency(lambda p=predictor: p.predict(images), batch_size=bench.batch_size,
                                 warmup=bench.warmup, min_iters=bench.min_iters, min_seconds=bench.min_seconds)
-        backends[name] = {"latency_ms": stats.to_dict(), "benchmark": {
-            "batch_size": bench.batch_size, "input_shape": list(images.shape), **predictor.describe()}}
-        print(f"[benchmark] {name}: p50 {stats.p50:.2f} ms, p99 {stats.p99:.2f} ms, {stats.throughput:.1f} img/s")
-    return StageResult(metrics={"backends": backends, "machine": machine_info()})
+        entry.update(latency_ms=stats.to_dict(), benchmark={
+            "batch_size": bench.batch_size, "input_shape": list(images.shape), "warmup": bench.warmup,
+            "min_iters": bench.min_iters, "min_seconds": bench.min_seconds, **predictor.describe()})
+        entry.setdefault("status", "passed")
+        backends[spec.key] = entry
+        print(f"[benchmark] {spec.key}: p50 {stats.p50:.2f} ms, p99 {stats.p99:.2f} ms, {stats.throughput:.1f} img/s")
+
+    speedups = _speedups(backends)
+    machine = machine_info()
+    rows = [table_row(key, entry) for key, entry in backends.items()]
+    settings = {"batch_size": bench.batch_size, "input_shape": list(images.shape), "warmup": bench.warmup,
+                "min_iters": bench.min_iters, "min_seconds": bench.min_seconds,
+                "threads": bench.threads if bench.threads is not None else "default"}
+    write_table(ctx.dir, "benchmark", rows, {"settings": settings, "speedups": speedups, "machine": machine})
+    # Only latency-side facts go into metrics; validate owns status/mIoU (deep-merged later).
+    latency_only = {key: {k: v for k, v in entry.items() if k in ("latency_ms", "benchmark")}
+                    for key, entry in backends.items()}
+    return StageResult(outputs={"table_json": "benchmark.json", "table_csv": "benchmark.csv",
+                                "table_md": "benchmark.md"},
+                       metrics={"backends": with_legacy_aliases(latency_only), "machine": machine,
+                                "benchmark": {"settings": settings, "speedups": speedups,
+                                              "table": f"{ctx.stage.name}/benchmark.md"}})
+
+
+def _speedups(backends: dict[str, Any]) -> dict[str, float]:
+    """The ratios the done-targets are stated in (p50 based)."""
+    def p50(key: str) -> float | None:
+        return backends.get(key, {}).get("latency_ms", {}).get("p50")
+
+    pairs = {"onnxruntime-fp32_vs_pytorch-fp32": ("pytorch-fp32", "onnxruntime-fp32"),
+             "onnxruntime-int8_vs_onnxruntime-fp32": ("onnxruntime-fp32", "onnxruntime-int8"),
+             "tensorrt-fp16_vs_pytorch-fp32": ("pytorch-fp32", "tensorrt-fp16")}
+    out = {}
+    for name, (slow, fast) in pairs.items():
+        if p50(slow) and p50(fast):
+            out[name] = round(p50(slow) / p50(fast), 3)
+    return out
 
 
 STAGE = Stage(
     name="benchmark",
     run=run,
-    inputs=("strip", "export_onnx"),
+    inputs=(*DEPLOY_INPUTS, "validate"),
     config_keys=("benchmark", "data.image_size", "student.model", "distill.methods"),
-    code=("pipeline.latency", "pipeline.runtime"),
-    description="latency of PyTorch eager and ONNX Runtime",
+    code=("pipeline.latency", "pipeline.runtime", "pipeline.backends", "pipeline.benchmark_table",
+          "stages.deployables"),
+    description="latency of every backend x precision; benchmark.{json,csv,md}",
 )

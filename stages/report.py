@@ -8,8 +8,8 @@ from pipeline.artifacts import atomic_write_text
 from pipeline.stage import Stage, StageContext, StageResult
 from pipeline.summary import backends_table, gap_closure, markdown_table, models_table
 
-UPSTREAM = ("train_teacher", "train_student_baseline", "distill_student", "strip", "export_onnx", "validate",
-            "benchmark")
+UPSTREAM = ("train_teacher", "train_student_baseline", "distill_student", "strip", "export_onnx", "quantize",
+            "build_engine", "validate", "benchmark", "deploy")
 
 
 def collected_metrics(ctx: StageContext) -> dict[str, Any]:
@@ -24,7 +24,8 @@ def collected_metrics(ctx: StageContext) -> dict[str, Any]:
 
 def per_class_table(metrics: dict[str, Any]) -> str:
     columns = [(key, metrics[key]) for key in ("teacher", "student_baseline", "student") if key in metrics]
-    columns += [(f"{name}", backend) for name, backend in metrics.get("backends", {}).items() if name != "pytorch"]
+    columns += [(name, backend) for name, backend in metrics.get("backends", {}).items()
+                if "-" in name and name != "pytorch-fp32" and "per_class_iou" in backend]
     names = list(columns[0][1].get("per_class_iou", {})) if columns else []
     rows = [[cls, *(col.get("per_class_iou", {}).get(cls) for _, col in columns)] for cls in names]
     return markdown_table(["class", *(label for label, _ in columns)], rows)

@@ -1,7 +1,10 @@
-"""Stage 6: validate the exported model against PyTorch, in two tiers.
+"""Stage: validate every backend x precision against PyTorch FP32, in two tiers.
 
 Tensors: max abs / rel logit difference on fixed inputs saved beside the results (the first
-``validate.parity_images`` val images). Task: mIoU on the val split, one-sided tolerance.
+``validate.parity_images`` val images); for FP32 back ends also at three input sides and two
+batch sizes of the one dynamic model. Task: mIoU on the val split with a one-sided tolerance per
+precision (``miou_tolerance`` FP32, ``fp16_miou_tolerance``, ``int8_miou_tolerance``). Backends
+that cannot run here are recorded as ``skipped`` (reason + install command) or ``export failed``.
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, Subset
 
-from pipeline.builders import build_student, load_weights
+from pipeline.backends import REFERENCE_KEY, backend_plan, file_size, open_backend, with_legacy_aliases
+from pipeline.config import PipelineConfig
 from pipeline.data import build_dataset, dataset_info
-from pipeline.runtime import OnnxRuntimePredictor, Predictor, TorchPredictor
+from pipeline.runtime import Predictor
 from pipeline.stage import Stage, StageContext, StageResult
 from pipeline.validation import evaluate_predictor, tensor_parity
 from stages.common import segmentation_summary
+from stages.deployables import DEPLOY_INPUTS, run_artifacts, student_factory
 
 
 def val_batches(ctx: StageContext) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -35,45 +40,82 @@ def parity_inputs(ctx: StageContext) -> np.ndarray:
     return np.stack([dataset[i][0].numpy() for i in range(count)]).astype(np.float32)
 
 
+def parity_shapes(config: PipelineConfig) -> list[tuple[int, int, int, int]]:
+    """(batch, 3, side, side) for every configured side x batch; sides default to s, 1.5 s, 2 s."""
+    s = config.data.image_size
+    sides = config.validate_.parity_sizes or (s, (3 * s) // 2, 2 * s)
+    return [(batch, 3, side, side) for side in sides for batch in config.validate_.parity_batches]
+
+
+def shape_parity(reference: Predictor, candidate: Predictor, shapes: list[tuple[int, int, int, int]]) -> list[dict]:
+    rng = np.random.default_rng(0)
+    results = []
+    for shape in shapes:
+        x = rng.standard_normal(shape).astype(np.float32)
+        parity = tensor_parity(reference.predict(x), candidate.predict(x))
+        results.append({"shape": list(shape), "max_abs_diff": parity["max_abs_diff"],
+                        "argmax_agreement": parity["argmax_agreement"]})
+    return results
+
+
+def miou_tolerance(config: PipelineConfig, precision: str) -> float:
+    v = config.validate_
+    return {"fp32": v.miou_tolerance, "fp16": v.fp16_miou_tolerance, "int8": v.int8_miou_tolerance}[precision]
+
+
 def run(ctx: StageContext) -> StageResult:
     config = ctx.config
     info = dataset_info(config.data)
-    student = load_weights(build_student(config), ctx.input_path("strip", "student"))
-    reference: Predictor = TorchPredictor(student, device="cpu")
-    candidates: dict[str, Predictor] = {"onnxruntime": OnnxRuntimePredictor(ctx.input_path("export_onnx", "onnx"))}
-
+    artifacts = run_artifacts(ctx)
     inputs = parity_inputs(ctx)
     np.save(ctx.dir / "parity_inputs.npy", inputs)
-    reference_logits = reference.predict(inputs)
 
+    plan = backend_plan(student_factory(ctx))
+    reference = open_backend(plan[0], artifacts).predictor
+    assert plan[0].key == REFERENCE_KEY and reference is not None
+    reference_logits = reference.predict(inputs)
     reference_matrix = evaluate_predictor(reference, val_batches(ctx), info.num_classes, info.ignore_index)
-    backends: dict[str, Any] = {
-        "pytorch": {"status": "passed", "precision": "fp32", **segmentation_summary(reference_matrix, info.class_names)}
-    }
-    for name, predictor in candidates.items():
+    reference_miou = segmentation_summary(reference_matrix, info.class_names)["miou"]
+    backends: dict[str, Any] = {REFERENCE_KEY: {
+        "status": "passed", "backend": "pytorch", "precision": "fp32", "size_bytes": file_size(artifacts["torch"].path),
+        **segmentation_summary(reference_matrix, info.class_names), "miou_delta": 0.0, "max_abs_diff": 0.0,
+        "runtime": reference.describe()}}
+
+    for spec in plan[1:]:
+        opened = open_backend(spec, artifacts)
+        if opened.predictor is None:
+            backends[spec.key] = {**opened.unavailable_row(), "size_bytes": file_size(opened.file)}
+            print(f"[validate] {spec.key}: {opened.status} ({opened.reason})")
+            continue
+        predictor = opened.predictor
         parity = tensor_parity(reference_logits, predictor.predict(inputs))
-        matrix = evaluate_predictor(predictor, val_batches(ctx), info.num_classes, info.ignore_index)
-        summary = segmentation_summary(matrix, info.class_names)
-        miou_delta = summary["miou"] - backends["pytorch"]["miou"]
-        passed = parity["max_abs_diff"] <= config.validate_.atol and -miou_delta <= config.validate_.miou_tolerance
-        backends[name] = {
-            "status": "passed" if passed else "validation failed",
-            "precision": predictor.precision,
-            **summary,
-            "miou_delta": round(miou_delta, 4),
-            **parity,
-            "runtime": predictor.describe(),
-        }
-        print(f"[validate] {name}: max|diff| {parity['max_abs_diff']:.2e}, mIoU {summary['miou']:.2f} "
-              f"({miou_delta:+.3f} vs PyTorch) -> {backends[name]['status']}")
-    return StageResult(outputs={"parity_inputs": "parity_inputs.npy"}, metrics={"backends": backends})
+        summary = segmentation_summary(evaluate_predictor(predictor, val_batches(ctx), info.num_classes,
+                                                          info.ignore_index), info.class_names)
+        miou_delta = summary["miou"] - reference_miou
+        passed = -miou_delta <= miou_tolerance(config, spec.precision)
+        entry: dict[str, Any] = {"backend": spec.backend, "precision": spec.precision,
+                                 "size_bytes": file_size(opened.file), **summary, "miou_delta": round(miou_delta, 4),
+                                 **parity, "runtime": predictor.describe()}
+        if spec.precision == "fp32":
+            # FP32 must match the reference tensor for tensor, at every shape the dynamic model accepts.
+            entry["parity_shapes"] = shape_parity(reference, predictor, parity_shapes(config))
+            worst = max([parity["max_abs_diff"], *(p["max_abs_diff"] for p in entry["parity_shapes"])])
+            entry["max_abs_diff_all_shapes"] = worst
+            passed = passed and worst <= config.validate_.atol
+        entry["status"] = "passed" if passed else "validation failed"
+        backends[spec.key] = entry
+        print(f"[validate] {spec.key}: max|diff| {parity['max_abs_diff']:.2e}, mIoU {summary['miou']:.2f} "
+              f"({miou_delta:+.3f} vs PyTorch) -> {entry['status']}")
+    return StageResult(outputs={"parity_inputs": "parity_inputs.npy"},
+                       metrics={"backends": with_legacy_aliases(backends)})
 
 
 STAGE = Stage(
     name="validate",
     run=run,
-    inputs=("strip", "export_onnx"),
+    inputs=DEPLOY_INPUTS,
     config_keys=("validate", "data", "student.model", "distill.methods"),
-    code=("pipeline.validation", "pipeline.runtime", "pipeline.metrics", "pipeline.data"),
-    description="parity and mIoU of ONNX Runtime against PyTorch",
+    code=("pipeline.validation", "pipeline.runtime", "pipeline.metrics", "pipeline.data", "pipeline.backends",
+          "stages.deployables"),
+    description="parity and mIoU of every backend x precision against PyTorch",
 )

@@ -1,0 +1,122 @@
+"""Every backend x precision the pipeline knows, opened through the one :class:`Predictor` interface.
+
+Validation and benchmarking iterate over :func:`backend_plan`; each entry either opens a
+predictor or says honestly why not: ``skipped`` (this machine lacks the library, the GPU or the
+execution provider; with the install command) or ``export failed`` (the model file for that
+precision could not be produced). Keys are ``<backend>-<precision>``; ``pytorch`` and
+``onnxruntime`` (the FP32 CPU model) are kept as aliases for the original metrics contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.runtime.base import BackendUnavailable, Predictor
+
+# metrics.json keys from the first contract, mirrored from their canonical entries.
+LEGACY_ALIASES = {"pytorch": "pytorch-fp32", "onnxruntime": "onnxruntime-fp32"}
+REFERENCE_KEY = "pytorch-fp32"
+CUDA_EP = "CUDAExecutionProvider"
+TRT_EP = "TensorrtExecutionProvider"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A model file one or more backends run, or why there is none."""
+
+    path: Path | None
+    status: str = "ok"  # "ok" | "export failed" | "skipped"
+    reason: str = ""
+    install_hint: str = ""
+
+
+@dataclass(frozen=True)
+class Backend:
+    key: str  # "onnxruntime-int8"
+    backend: str  # "onnxruntime", "onnxruntime-cuda", "tensorrt", ...
+    precision: str
+    artifact: str  # key into the artifacts mapping ("torch", "fp32", "fp16", "int8", "engine-fp16", ...)
+    make: Callable[[Path | None], Predictor]
+
+
+@dataclass
+class OpenedBackend:
+    """A backend ready to run (``predictor``) or the honest row saying why it is not."""
+
+    spec: Backend
+    predictor: Predictor | None
+    file: Path | None = None
+    status: str | None = None  # set when predictor is None
+    reason: str = ""
+    install_hint: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def unavailable_row(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"status": self.status, "backend": self.spec.backend, "precision": self.spec.precision,
+                               "reason": self.reason}
+        if self.install_hint:
+            row["install_hint"] = self.install_hint
+        return row
+
+
+def backend_plan(torch_model: Callable[[], Any], threads: int | None = None) -> list[Backend]:
+    """The full matrix, in table order. ``torch_model`` builds the stripped student (lazily)."""
+    from pipeline.runtime import OnnxRuntimePredictor, TorchPredictor
+
+    def ort(providers: tuple[str, ...]) -> Callable[[Path | None], Predictor]:
+        return lambda path: OnnxRuntimePredictor(path, providers=providers, threads=threads)
+
+    def ort_fp16(path: Path | None) -> Predictor:
+        from pipeline.runtime import available_onnxruntime_providers
+
+        if CUDA_EP not in available_onnxruntime_providers():
+            raise BackendUnavailable(
+                "FP16 ONNX runs well only on a GPU execution provider; this onnxruntime has none (on CPU, ONNX "
+                "Runtime casts FP16 back to FP32 around every node, so the figure would be meaningless)",
+                "pip install onnxruntime-gpu (in place of onnxruntime; needs CUDA + cuDNN)")
+        return OnnxRuntimePredictor(path, providers=(CUDA_EP,), threads=threads)
+
+    def tensorrt(path: Path | None) -> Predictor:
+        from pipeline.runtime import TensorRTPredictor
+
+        return TensorRTPredictor(path)
+
+    return [
+        Backend("pytorch-fp32", "pytorch", "fp32", "torch",
+                lambda _: TorchPredictor(torch_model(), device="cpu", threads=threads)),
+        Backend("onnxruntime-fp32", "onnxruntime", "fp32", "fp32", ort(("CPUExecutionProvider",))),
+        Backend("onnxruntime-int8", "onnxruntime", "int8", "int8", ort(("CPUExecutionProvider",))),
+        Backend("onnxruntime-fp16", "onnxruntime-cuda", "fp16", "fp16", ort_fp16),
+        Backend("onnxruntime-cuda-fp32", "onnxruntime-cuda", "fp32", "fp32", ort((CUDA_EP,))),
+        Backend("onnxruntime-tensorrt-fp32", "onnxruntime-tensorrt", "fp32", "fp32", ort((TRT_EP, CUDA_EP))),
+        Backend("tensorrt-fp16", "tensorrt", "fp16", "engine-fp16", tensorrt),
+        Backend("tensorrt-int8", "tensorrt", "int8", "engine-int8", tensorrt),
+    ]
+
+
+def open_backend(spec: Backend, artifacts: dict[str, Artifact]) -> OpenedBackend:
+    """Open ``spec`` on its artifact; never raises for "cannot run here", returns the reason instead."""
+    artifact = artifacts.get(spec.artifact, Artifact(None, "skipped", f"no {spec.artifact} model in this run"))
+    if artifact.status != "ok":
+        return OpenedBackend(spec, None, artifact.path, artifact.status, artifact.reason, artifact.install_hint)
+    try:
+        predictor = spec.make(artifact.path)
+    except BackendUnavailable as exc:
+        return OpenedBackend(spec, None, artifact.path, "skipped", exc.reason, exc.install_hint)
+    return OpenedBackend(spec, predictor, artifact.path)
+
+
+def with_legacy_aliases(backends: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Add ``pytorch`` / ``onnxruntime`` copies of their canonical entries (metrics contract v1)."""
+    out = dict(backends)
+    for alias, key in LEGACY_ALIASES.items():
+        if key in backends:
+            out[alias] = dict(backends[key])
+    return out
+
+
+def file_size(path: Path | None) -> int | None:
+    return Path(path).stat().st_size if path is not None and Path(path).is_file() else None

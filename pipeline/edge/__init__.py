@@ -1,0 +1,1 @@
+"""Files shipped to edge devices as they are (no imports from the pipeline)."""

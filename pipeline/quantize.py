@@ -1,0 +1,208 @@
+"""Lower-precision ONNX models from the FP32 export: INT8 (explicit Q/DQ) and FP16.
+
+INT8 is ONNX Runtime static quantization in QDQ format: symmetric activations and weights,
+per-channel weights, calibrated on real images. Signed INT8 activations and weights (S8S8) are
+what ONNX Runtime recommends as the first choice for QDQ on x86 (VNNI makes them fast) and what
+TensorRT needs (symmetric INT8, zero point 0), so the one file serves both back ends.
+
+Two facts about this graph family shape the recipe: ONNX Runtime's pre-processing cannot read a
+``.data`` side file (our export is single-file), and its symbolic shape inference fails on
+DeepLab graphs with dynamic H/W, so it is skipped (``skip_symbolic_shape=True``); ONNX shape
+inference still runs, and the quantized model keeps the dynamic batch/H/W.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from pipeline.artifacts import atomic_path
+from pipeline.export import LOGITS_NAME, read_metadata
+
+log = logging.getLogger(__name__)
+
+# Below this many calibration images the activation ranges are a guess, not an estimate.
+MIN_CALIBRATION_IMAGES = 32
+# Ops between the classifier Conv and the graph output that carry no weights (upsampling, casts).
+_PASS_THROUGH_OPS = {"Resize", "Upsample", "Cast", "Identity", "Reshape", "Transpose", "Slice"}
+
+
+class CalibrationWarning(UserWarning):
+    """Calibrating on too few images: the INT8 model's accuracy may suffer."""
+
+
+@dataclass(frozen=True)
+class Int8Recipe:
+    """How to quantize; the defaults are the fast, TensorRT-compatible kind (S8S8 symmetric QDQ)."""
+
+    activation_type: str = "qint8"  # "qint8" (S8S8) or "quint8" (U8S8)
+    calibrate_method: str = "minmax"  # "minmax" | "percentile" | "entropy"
+    float_op_types: tuple[str, ...] = ()  # op types left in float, e.g. ("Resize",)
+    float_nodes: tuple[str, ...] = ()  # node names left in float
+    float_classifier: bool = False  # keep the final classifier Conv in float
+    batch_size: int = 8  # calibration batch
+
+
+def calibration_warning(count: int) -> str | None:
+    """The warning text when ``count`` calibration images are too few, else None."""
+    if count < MIN_CALIBRATION_IMAGES:
+        return (f"INT8 calibration uses only {count} images (< {MIN_CALIBRATION_IMAGES}); activation ranges may be "
+                f"poor and accuracy may drop. Raise quantize.calibration_images.")
+    return None
+
+
+class _ArrayReader:
+    """An ONNX Runtime CalibrationDataReader over an (N, 3, H, W) float32 array, in batches."""
+
+    def __init__(self, input_name: str, images: np.ndarray, batch_size: int) -> None:
+        self.input_name = input_name
+        self.batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
+        self._iter: Iterator[np.ndarray] = iter(self.batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._iter, None)
+        return None if batch is None else {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+
+    def rewind(self) -> None:
+        self._iter = iter(self.batches)
+
+
+def classifier_nodes(model: onnx.ModelProto, output_name: str = LOGITS_NAME) -> list[str]:
+    """Names of the Conv/Gemm node(s) that produce ``output_name`` through weight-free ops only."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    found: list[str] = []
+    frontier = [output_name]
+    seen: set[str] = set()
+    while frontier:
+        tensor = frontier.pop()
+        node = producers.get(tensor)
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose"):
+            found.append(node.name)
+        elif node.op_type in _PASS_THROUGH_OPS | {"Add"}:
+            frontier.extend(node.input[:1])  # follow the data input, not scales/shapes
+    return found
+
+
+def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, recipe: Int8Recipe = Int8Recipe()) -> dict[str, Any]:
+    """Write the Q/DQ INT8 model of ``src`` to ``dst``; returns what was done (for metrics).
+
+    ``calibration`` is (N, 3, H, W) float32, already normalised like the model's inputs.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
+    from onnxruntime.quantization.registry import QDQRegistry
+
+    src, dst = Path(src), Path(dst)
+    if calibration.ndim != 4 or len(calibration) == 0:
+        raise ValueError(f"calibration images must be a non-empty (N, 3, H, W) array, got shape {calibration.shape}")
+    warning = calibration_warning(len(calibration))
+    if warning:
+        warnings.warn(warning, CalibrationWarning, stacklevel=2)
+    activation = {"qint8": QuantType.QInt8, "quint8": QuantType.QUInt8}[recipe.activation_type]
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+              "entropy": CalibrationMethod.Entropy}[recipe.calibrate_method]
+
+    with tempfile.TemporaryDirectory(prefix="quantize-") as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+        model = onnx.load(str(prepared))
+        input_name = model.graph.input[0].name
+        excluded = list(recipe.float_nodes)
+        if recipe.float_classifier:
+            excluded += classifier_nodes(model)
+        op_types = sorted(t for t in QDQRegistry if t not in set(recipe.float_op_types))
+        with atomic_path(dst) as tmp:
+            quantize_static(
+                str(prepared),
+                str(tmp),
+                _ArrayReader(input_name, calibration, recipe.batch_size),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=op_types,
+                per_channel=True,
+                activation_type=activation,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=excluded,
+                calibrate_method=method,
+                calibration_providers=["CPUExecutionProvider"],
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            )
+            quantized = onnx.load(str(tmp))
+            props = read_metadata(src)
+            props.update(precision="int8", quantization=(
+                f"onnxruntime static QDQ, S8 weights per-channel symmetric, {recipe.activation_type} activations "
+                f"symmetric, {recipe.calibrate_method} calibration on {len(calibration)} images"))
+            _replace_metadata(quantized, props)
+            onnx.save_model(quantized, str(tmp), save_as_external_data=False)
+            onnx.checker.check_model(str(tmp))
+    counts = op_counts(onnx.load(str(dst), load_external_data=False))
+    return {
+        "calibration_images": int(len(calibration)),
+        "calibration_warning": warning,
+        "activation_type": recipe.activation_type,
+        "weight_type": "qint8",
+        "per_channel": True,
+        "symmetric": True,
+        "calibrate_method": recipe.calibrate_method,
+        "float_op_types": list(recipe.float_op_types),
+        "float_nodes": excluded,
+        "quantize_linear_nodes": counts.get("QuantizeLinear", 0),
+        "dequantize_linear_nodes": counts.get("DequantizeLinear", 0),
+    }
+
+
+def convert_fp16(src: Path, dst: Path, block_op_types: Sequence[str] = ()) -> dict[str, Any]:
+    """Write the FP16 model of ``src`` to ``dst``; inputs and outputs stay float32 (keep_io_types),
+    so callers feed and read the same arrays as for the FP32 model."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    model = onnx.load(str(src))
+    blocked = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(block_op_types))
+    half = convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked)
+    # The converter appends the input Casts after their consumers; the checker wants graph order.
+    _sort_topologically(half.graph)
+    props = {p.key: p.value for p in model.metadata_props}
+    props.update(precision="fp16", conversion="onnxruntime.transformers.float16, keep_io_types=True")
+    _replace_metadata(half, props)
+    with atomic_path(dst) as tmp:
+        onnx.save_model(half, str(tmp), save_as_external_data=False)
+        onnx.checker.check_model(str(tmp))
+    return {"keep_io_types": True, "op_block_list": list(block_op_types)}
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def _sort_topologically(graph: onnx.GraphProto) -> None:
+    """Reorder ``graph.node`` so every node comes after the producers of its inputs (stable)."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        ready = [n for n in pending if all(name in available for name in n.input)]
+        if not ready:
+            raise ValueError("graph has a cycle or an input nobody produces; cannot order it")
+        for node in ready:
+            available.update(node.output)
+        ordered += ready
+        pending = [n for n in pending if not any(n is r for r in ready)]
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def _replace_metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, props)

@@ -1,0 +1,73 @@
+"""Stage: TensorRT engines from the FP16 and Q/DQ INT8 ONNX models.
+
+Where TensorRT or CUDA is missing every requested engine is recorded as ``skipped`` with the
+reason and the install command (never ``passed``); after installing, re-run with
+``--force build_engine`` (the stage's fingerprint covers config and code, not the machine).
+Engines are cached by (TensorRT version, GPU, precision, ONNX hash, profile) in
+``engine.cache_dir``, and each has ``<name>.engine.json`` metadata beside it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.runtime.base import BackendUnavailable
+from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.tensorrt_engine import build_engine, profile_shapes, require_tensorrt
+from stages.quantize import quantized_artifact
+
+# Which quantize output each engine precision is built from (strongly typed: precision is in the ONNX).
+SOURCES = {"fp16": "fp16", "int8": "int8_tensorrt"}
+
+
+def engine_source_label(ctx: StageContext, precision: str) -> str:
+    if precision == "int8" and ctx.config.quantize.activation_type == "qint8":
+        return "int8"  # the CPU model already has signed activations
+    return SOURCES[precision]
+
+
+def run(ctx: StageContext) -> StageResult:
+    config = ctx.config
+    engine_cfg = config.engine
+    profile = profile_shapes(config.data.image_size, engine_cfg.max_batch, min_shape=engine_cfg.min_shape,
+                             opt_shape=engine_cfg.opt_shape, max_shape=engine_cfg.max_shape)
+    engines: dict[str, Any] = {}
+    outputs: dict[str, str] = {}
+    try:
+        require_tensorrt()
+        unavailable = None
+    except BackendUnavailable as exc:
+        unavailable = exc
+        print(f"[build_engine] skipped: {exc.reason}\n[build_engine]   to enable: {exc.install_hint}")
+    for precision in engine_cfg.precisions:
+        if unavailable is not None:
+            engines[precision] = {**unavailable.to_dict(), "profile": profile}
+            continue
+        source, record = quantized_artifact(ctx, engine_source_label(ctx, precision))
+        if source is None:
+            status = "export failed" if record.get("status") == "export failed" else "skipped"
+            engines[precision] = {"status": status, "reason": f"no {precision} ONNX model: {record.get('reason')}"}
+            continue
+        name = f"student_{precision}.engine"
+        try:
+            meta, from_cache = build_engine(source, ctx.dir / name, precision=precision, profile=profile,
+                                            workspace_mb=engine_cfg.workspace_mb, cache_dir=engine_cfg.cache_dir)
+        except Exception as exc:  # noqa: BLE001 - one failed engine must not hide the others
+            engines[precision] = {"status": "export failed", "reason": f"{type(exc).__name__}: {exc}"[:1000]}
+            continue
+        outputs[f"engine-{precision}"] = name
+        outputs[f"engine-{precision}-meta"] = f"{name}.json"
+        engines[precision] = {"status": "ok", "path": f"{ctx.stage.name}/{name}", "from_cache": from_cache,
+                              "size_bytes": (ctx.dir / name).stat().st_size, **meta.__dict__}
+    return StageResult(outputs=outputs, metrics={"engines": engines})
+
+
+STAGE = Stage(
+    name="build_engine",
+    run=run,
+    inputs=("quantize",),
+    config_keys=("engine", "quantize.activation_type", "data.image_size"),
+    code=("pipeline.tensorrt_engine",),
+    enabled=lambda config: config.engine.enabled and bool(config.engine.precisions),
+    description="TensorRT engines (FP16, INT8) with metadata; skipped without TensorRT/CUDA",
+)

@@ -1,0 +1,101 @@
+"""Stage: INT8 (ONNX Runtime static Q/DQ) and FP16 ONNX models from the FP32 export.
+
+Each file is produced independently; one that fails is recorded as ``export failed`` with the
+error (and every backend that needs it reports that status) instead of stopping the run.
+Calibration uses ``quantize.calibration_images`` training images without augmentation, in the
+model's input normalisation; fewer than 32 gives a warning, printed and recorded.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.data import build_dataset
+from pipeline.quantize import Int8Recipe, convert_fp16, quantize_int8
+from pipeline.stage import Stage, StageContext, StageResult
+
+INT8_NAME = "student_int8.onnx"
+INT8_TENSORRT_NAME = "student_int8_s8s8.onnx"  # signed activations: what TensorRT's Q/DQ needs
+FP16_NAME = "student_fp16.onnx"
+
+
+def calibration_images(ctx: StageContext) -> np.ndarray:
+    dataset = build_dataset(ctx.config.data, "train", augment=False)
+    count = min(ctx.config.quantize.calibration_images, len(dataset))
+    return np.stack([dataset[i][0].numpy() for i in range(count)]).astype(np.float32)
+
+
+def needs_tensorrt_twin(ctx: StageContext) -> bool:
+    engine = ctx.config.engine
+    return engine.enabled and "int8" in engine.precisions and ctx.config.quantize.activation_type != "qint8"
+
+
+def _attempt(label: str, make: Any) -> dict[str, Any]:
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            info = make()
+        for warning in caught:
+            if "calibration" in str(warning.message).lower():
+                print(f"[quantize] WARNING: {warning.message}")
+        return {"status": "ok", **info}
+    except Exception as exc:  # noqa: BLE001 - recorded as "export failed" for every backend using it
+        print(f"[quantize] {label} FAILED: {type(exc).__name__}: {exc}")
+        return {"status": "export failed", "reason": f"{type(exc).__name__}: {exc}"[:1000]}
+
+
+def run(ctx: StageContext) -> StageResult:
+    config = ctx.config
+    source = ctx.input_path("export_onnx", "onnx")
+    q = config.quantize
+    results: dict[str, Any] = {}
+    outputs: dict[str, str] = {}
+    jobs: list[tuple[str, str, Any]] = []
+    if q.int8 or needs_tensorrt_twin(ctx):
+        calibration = calibration_images(ctx)
+        recipe = Int8Recipe(activation_type=q.activation_type, calibrate_method=q.calibrate_method,
+                            float_op_types=q.float_op_types, float_nodes=q.float_nodes,
+                            float_classifier=q.float_classifier)
+        if q.int8:
+            jobs.append(("int8", INT8_NAME, lambda: quantize_int8(source, ctx.dir / INT8_NAME, calibration, recipe)))
+        if needs_tensorrt_twin(ctx):
+            twin = Int8Recipe(**{**recipe.__dict__, "activation_type": "qint8"})
+            jobs.append(("int8_tensorrt", INT8_TENSORRT_NAME,
+                         lambda: quantize_int8(source, ctx.dir / INT8_TENSORRT_NAME, calibration, twin)))
+    if q.fp16:
+        jobs.append(("fp16", FP16_NAME, lambda: convert_fp16(source, ctx.dir / FP16_NAME)))
+    for label, name, make in jobs:
+        print(f"[quantize] {label} -> {name}")
+        results[label] = _attempt(label, make)
+        if results[label]["status"] == "ok":
+            outputs[label] = name
+            results[label]["size_bytes"] = (ctx.dir / name).stat().st_size
+            results[label]["path"] = f"{ctx.stage.name}/{name}"
+    return StageResult(outputs=outputs, metrics={"quantize": results})
+
+
+def quantized_artifact(ctx: StageContext, label: str) -> tuple[Path | None, dict[str, Any]]:
+    """(path, record) of one quantize output for downstream stages; path None when not produced."""
+    if not ctx.has_input("quantize"):
+        return None, {"status": "skipped", "reason": "quantize stage disabled in the config"}
+    record = ctx.input_metrics("quantize").get("quantize", {}).get(label)
+    if record is None:
+        return None, {"status": "skipped", "reason": f"quantize.{label.split('_')[0]} is off in the config"}
+    if record["status"] != "ok":
+        return None, record
+    return ctx.input_path("quantize", label), record
+
+
+STAGE = Stage(
+    name="quantize",
+    run=run,
+    inputs=("export_onnx",),
+    config_keys=("quantize", "engine.enabled", "engine.precisions", "data"),
+    code=("pipeline.quantize", "pipeline.data"),
+    enabled=lambda config: config.quantize.int8 or config.quantize.fp16,
+    description="INT8 (static Q/DQ, calibrated) and FP16 ONNX models",
+)

@@ -1,0 +1,117 @@
+"""INT8 Q/DQ and FP16 models from a dynamic FP32 export; the bench command on any ONNX file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from pipeline.cli import main
+from pipeline.export import export_onnx, read_metadata
+from pipeline.quantize import CalibrationWarning, Int8Recipe, classifier_nodes, convert_fp16, quantize_int8
+from stages.export_onnx import simplify_if_equivalent
+from tests.test_export import toy_net
+
+
+@pytest.fixture(scope="module")
+def fp32_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("q") / "toy.onnx"
+    return export_onnx(toy_net(), path, example_shape=(2, 3, 32, 32), opset=18, dynamic=True, argmax=False,
+                       metadata={"input_size": [32, 32]})
+
+
+def calibration(count: int) -> np.ndarray:
+    return np.random.default_rng(1).standard_normal((count, 3, 32, 32)).astype(np.float32)
+
+
+def run(path: Path, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+
+
+def test_int8_model_is_symmetric_per_channel_qdq_and_keeps_dynamic_shapes(fp32_file, tmp_path):
+    dst = tmp_path / "int8.onnx"
+    info = quantize_int8(fp32_file, dst, calibration(32), Int8Recipe(activation_type="qint8"))
+    model = onnx.load(str(dst))
+    ops = [n.op_type for n in model.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in model.graph.node if n.op_type == "DequantizeLinear" and len(n.input) > 2]
+    assert zero_points and all(np.all(z == 0) for z in zero_points)  # symmetric, signed
+    scales = [inits[n.input[1]] for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert any(s.size > 1 for s in scales)  # per-channel weights
+    assert read_metadata(dst)["precision"] == "int8" and info["calibration_images"] == 32
+    for shape in ((1, 3, 32, 32), (2, 3, 48, 64)):
+        x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+        assert run(dst, x).shape == run(fp32_file, x).shape
+
+
+def test_few_calibration_images_warn_and_are_recorded(fp32_file, tmp_path):
+    with pytest.warns(CalibrationWarning, match="only 4 images"):
+        info = quantize_int8(fp32_file, tmp_path / "int8.onnx", calibration(4))
+    assert "calibration_images" in info["calibration_warning"]
+
+
+def test_classifier_and_resize_can_stay_in_float(fp32_file, tmp_path):
+    assert classifier_nodes(onnx.load(str(fp32_file)))  # the final Conv is found through the Resize
+    dst = tmp_path / "int8.onnx"
+    info = quantize_int8(fp32_file, dst, calibration(32), Int8Recipe(float_op_types=("Resize",), float_classifier=True))
+    model = onnx.load(str(dst))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    classifier = next(n for n in model.graph.node if n.name in info["float_nodes"])
+    assert producers.get(classifier.input[1]) is None or producers[classifier.input[1]].op_type != "DequantizeLinear"
+    resize = next(n for n in model.graph.node if n.op_type == "Resize")
+    assert producers[resize.input[0]].op_type != "DequantizeLinear"
+
+
+def test_fp16_model_keeps_float32_io_and_matches(fp32_file, tmp_path):
+    dst = tmp_path / "fp16.onnx"
+    convert_fp16(fp32_file, dst)
+    model = onnx.load(str(dst))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+    assert read_metadata(dst)["precision"] == "fp16"
+    x = calibration(2)
+    np.testing.assert_allclose(run(dst, x), run(fp32_file, x), atol=2e-2)
+
+
+def test_simplification_is_kept_only_with_parity(fp32_file, tmp_path):
+    copy = tmp_path / "m.onnx"
+    copy.write_bytes(fp32_file.read_bytes())
+    record = simplify_if_equivalent(copy, 32, atol=1e-4)
+    assert record["simplified"] is True and record["max_abs_diff"] <= 1e-4
+    onnx.checker.check_model(str(copy), full_check=True)
+    rejected = tmp_path / "r.onnx"
+    rejected.write_bytes(fp32_file.read_bytes())
+    record = simplify_if_equivalent(rejected, 32, atol=-1.0)  # no graph can meet this: the original must stay
+    assert record["simplified"] is False and rejected.read_bytes() == fp32_file.read_bytes()
+
+
+def test_bench_cli_times_any_onnx_file_and_writes_the_table(fp32_file, tmp_path, capsys):
+    out = tmp_path / "bench"
+    rc = main(["bench", str(fp32_file), "--shape", "1x3x32x32", "--shape", "2x3x48x48", "--warmup", "1",
+               "--min-iters", "3", "--min-seconds", "0", "--threads", "1", "--out", str(out),
+               "--providers", "CPUExecutionProvider", "CUDAExecutionProvider"])
+    assert rc == 0
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    timed = [r for r in rows if r["status"] == "passed"]
+    assert [r["input_shape"] for r in timed] == ["1x3x32x32", "2x3x48x48"]
+    assert all(0 < r["p50_ms"] <= r["p99_ms"] for r in timed)
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        skipped = [r for r in rows if r["status"] == "skipped"]
+        assert skipped and all("CUDAExecutionProvider" in r["reason"] for r in skipped)
+    assert (out / "bench.csv").read_text().startswith("key,status,")
+    assert "p99 ms" in capsys.readouterr().out
+
+
+def test_bench_cli_uses_metadata_size_and_explains_bad_shapes(fp32_file, capsys):
+    assert main(["bench", str(fp32_file), "--min-iters", "1", "--warmup", "0", "--min-seconds", "0"]) == 0
+    assert "1x3x32x32" in capsys.readouterr().out  # from metadata input_size
+    assert main(["bench", str(fp32_file), "--shape", "1x3xabc"]) == 2
+    assert "not a shape" in capsys.readouterr().err
+    assert main(["bench", "missing.onnx"]) == 2

@@ -161,7 +161,7 @@ class DistillConfig(StrictModel):
 class ExportConfig(StrictModel):
     # The dynamo exporter builds at opset >= 18 and cannot always convert down, so 18 is the floor.
     opset: int = Field(18, ge=18)
-    dynamic: bool = True
+    dynamic: bool = Field(True, description="dynamic batch/height/width; False = static (1, 3, s, s)")
     argmax: bool = Field(False, description="add a second output with the per-pixel class id")
     simplify: bool = Field(False, description="run onnxslim; kept only when parity still holds")
 

@@ -63,6 +63,9 @@ class _ArrayReader:
     """An ONNX Runtime CalibrationDataReader over an (N, 3, H, W) float32 array, in batches."""
 
     def __init__(self, input_name: str, images: np.ndarray, batch_size: int) -> None:
+        # A static model takes only full batches: the last one is dropped rather than padded.
+        if len(images) >= batch_size:
+            images = images[: len(images) - len(images) % batch_size]
         self.input_name = input_name
         self.batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
         self._iter: Iterator[np.ndarray] = iter(self.batches)
@@ -94,6 +97,12 @@ def classifier_nodes(model: onnx.ModelProto, output_name: str = LOGITS_NAME) -> 
     return found
 
 
+def fixed_batch(model: onnx.ModelProto) -> int | None:
+    """The input's batch size when the model was exported with static shapes, else None."""
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    return dim.dim_value if dim.HasField("dim_value") else None
+
+
 def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, recipe: Int8Recipe = Int8Recipe()) -> dict[str, Any]:
     """Write the Q/DQ INT8 model of ``src`` to ``dst``; returns what was done (for metrics).
 
@@ -117,6 +126,7 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, recipe: Int8Rec
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
         model = onnx.load(str(prepared))
         input_name = model.graph.input[0].name
+        batch_size = fixed_batch(model) or recipe.batch_size
         excluded = list(recipe.float_nodes)
         if recipe.float_classifier:
             excluded += classifier_nodes(model)
@@ -125,7 +135,7 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, recipe: Int8Rec
             quantize_static(
                 str(prepared),
                 str(tmp),
-                _ArrayReader(input_name, calibration, recipe.batch_size),
+                _ArrayReader(input_name, calibration, batch_size),
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=op_types,
                 per_channel=True,

@@ -87,7 +87,7 @@ def run(ctx: StageContext) -> StageResult:
         "run_name": config.run.name,
         "metrics": json.dumps(run_metrics(ctx)),
     }
-    path = export_onnx(student, ctx.dir / ONNX_NAME, example_shape=(2, 3, size, size), opset=config.export.opset,
+    path = export_onnx(student, ctx.dir / ONNX_NAME, example_shape=(2 if config.export.dynamic else 1, 3, size, size), opset=config.export.opset,
                        dynamic=config.export.dynamic, argmax=config.export.argmax, metadata=metadata)
     export_metrics: dict[str, Any] = {"opset": config.export.opset, "dynamic": config.export.dynamic,
                                       "argmax": config.export.argmax}

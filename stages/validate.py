@@ -41,8 +41,13 @@ def parity_inputs(ctx: StageContext) -> np.ndarray:
 
 
 def parity_shapes(config: PipelineConfig) -> list[tuple[int, int, int, int]]:
-    """(batch, 3, side, side) for every configured side x batch; sides default to s, 1.5 s, 2 s."""
+    """(batch, 3, side, side) for every configured side x batch; sides default to s, 1.5 s, 2 s.
+
+    A static export (``export.dynamic: false``) accepts only its own side: the batch is chunked.
+    """
     s = config.data.image_size
+    if not config.export.dynamic:
+        return [(batch, 3, s, s) for batch in config.validate_.parity_batches]
     sides = config.validate_.parity_sizes or (s, (3 * s) // 2, 2 * s)
     return [(batch, 3, side, side) for side in sides for batch in config.validate_.parity_batches]
 
@@ -114,7 +119,7 @@ STAGE = Stage(
     name="validate",
     run=run,
     inputs=DEPLOY_INPUTS,
-    config_keys=("validate", "data", "student.model", "distill.methods"),
+    config_keys=("validate", "data", "student.model", "distill.methods", "export.dynamic"),
     code=("pipeline.validation", "pipeline.runtime", "pipeline.metrics", "pipeline.data", "pipeline.backends",
           "stages.deployables"),
     description="parity and mIoU of every backend x precision against PyTorch",

@@ -113,7 +113,7 @@ def test_status_explains_why(tmp_path):
     assert plan["a"] == ("run", "never run")
     assert plan["b"] == ("run", "input a re-runs")
     runner(tmp_path).run()
-    plan = {p.stage: (p.action, p.reason) for p in runner(tmp_path, "export.opset=17").plan()}
+    plan = {p.stage: (p.action, p.reason) for p in runner(tmp_path, "export.opset=19").plan()}
     assert plan["a"] == ("skip", "up to date")
     assert plan["c"] == ("run", "config changed (export.opset)")
     plan = {p.stage: p.action for p in runner(tmp_path, "baseline.enabled=false").plan(until="b")}

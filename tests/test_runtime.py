@@ -72,6 +72,16 @@ def test_torch_and_onnxruntime_agree_at_any_size_from_one_file(
     assert parity["argmax_agreement"] == 100.0
 
 
+@pytest.mark.parametrize("batch", [1, 3, 5])
+def test_a_static_export_takes_any_batch_in_chunks_of_its_own(net: ToyNet, tmp_path: Path, batch: int) -> None:
+    static = export_onnx(net, tmp_path / "static.onnx", example_shape=(2, 3, 32, 32), opset=18, dynamic=False,
+                         argmax=False, metadata={})
+    predictor = OnnxRuntimePredictor(static, threads=1)
+    assert predictor.fixed_batch == 2
+    images = np.random.default_rng(batch).standard_normal((batch, 3, 32, 32), dtype=np.float32)
+    assert tensor_parity(TorchPredictor(net).predict(images), predictor.predict(images))["max_abs_diff"] <= 1e-4
+
+
 def test_predictors_follow_the_protocol_and_describe_themselves(net: ToyNet, onnx_file: Path) -> None:
     torch_pred = TorchPredictor(net)
     ort_pred = OnnxRuntimePredictor(onnx_file, threads=1)

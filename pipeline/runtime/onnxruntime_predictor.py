@@ -76,13 +76,27 @@ class OnnxRuntimePredictor:
         self.device = "cuda" if self.requested_providers and self.requested_providers[0] in _GPU_PROVIDERS else "cpu"
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
+        batch_dim = self.session.get_inputs()[0].shape[0]
+        self.fixed_batch = batch_dim if isinstance(batch_dim, int) else None  # static export
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.precision = self.metadata.get("precision", "fp32")
         self._ort_version = ort.__version__
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        feed = {self.input_name: np.ascontiguousarray(images, dtype=np.float32)}
-        (logits,) = self.session.run([self.output_name], feed)
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        step = self.fixed_batch
+        if step is None or len(images) == step:
+            return self._run(images)
+        # A statically exported model takes exactly its batch: feed chunks, zero-pad the last one.
+        chunks = []
+        for start in range(0, len(images), step):
+            chunk = images[start:start + step]
+            padded = np.concatenate([chunk, np.zeros((step - len(chunk), *chunk.shape[1:]), np.float32)])
+            chunks.append(self._run(padded)[: len(chunk)])
+        return np.concatenate(chunks)
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        (logits,) = self.session.run([self.output_name], {self.input_name: images})
         return np.asarray(logits, dtype=np.float32)
 
     def describe(self) -> dict[str, Any]:

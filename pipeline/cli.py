@@ -1,4 +1,4 @@
-"""Command line: parse, call, print. ``python -m pipeline run|status|methods ...``"""
+"""Command line: parse, call, print. ``python -m pipeline run|status|methods|gate ...``"""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import ConfigError, PipelineConfig, load_config
+from pipeline.gate import GateError
 from pipeline.runner import PipelineError, Runner
 from pipeline.summary import backends_table, gap_closure, models_table
 
@@ -27,6 +28,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(status)
 
     commands.add_parser("methods", help="list the distillation methods and their options")
+
+    gate = commands.add_parser("gate", help="compare a run's metrics with a baseline; exit 1 on any regression")
+    gate.add_argument("run_dir", type=Path, help="run folder holding metrics.json, e.g. exported/smoke")
+    gate.add_argument("--baseline", type=Path, required=True, help="baseline file (.json, .yaml)")
+    gate.add_argument("--write-baseline", action="store_true",
+                      help="write the baseline from this run instead of gating (review and commit it)")
+    gate.add_argument("--ignore-fingerprint", action="append", default=[], choices=("config", "dataset"),
+                      help="report a differing config/dataset fingerprint as a warning, not a failure")
+    gate.add_argument("--miou-tolerance", type=float, default=None, metavar="POINTS",
+                      help="with --write-baseline: mIoU points a model or backend may lose (default 0.5)")
+    gate.add_argument("--no-latency-ratios", action="store_true",
+                      help="with --write-baseline: leave out the backend/PyTorch p50 latency ratios")
     return parser
 
 
@@ -73,6 +86,21 @@ def cmd_methods(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gate(args: argparse.Namespace) -> int:
+    from pipeline.gate import MIOU_ABS_TOL, format_table, gate, write_baseline
+
+    if args.write_baseline:
+        tolerance = MIOU_ABS_TOL if args.miou_tolerance is None else args.miou_tolerance
+        baseline = write_baseline(args.run_dir, args.baseline, miou_abs_tol=tolerance,
+                                  latency_ratios=not args.no_latency_ratios)
+        print(f"wrote {args.baseline}: {len(baseline.checks)} checks from {args.run_dir}; review the tolerances "
+              f"and commit it")
+        return 0
+    result = gate(args.run_dir, args.baseline, ignore_fingerprints=tuple(args.ignore_fingerprint))
+    print(format_table(result))
+    return 0 if result.passed else 1
+
+
 def print_summary(metrics: dict, run_dir: Path, config_path: Path) -> None:
     print()
     print(models_table(metrics))
@@ -88,7 +116,7 @@ def print_summary(metrics: dict, run_dir: Path, config_path: Path) -> None:
     print(f"  less {run_dir}/report/report.md                                # the report")
 
 
-COMMANDS = {"run": cmd_run, "status": cmd_status, "methods": cmd_methods}
+COMMANDS = {"run": cmd_run, "status": cmd_status, "methods": cmd_methods, "gate": cmd_gate}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, PipelineError) as exc:
+    except (ConfigError, PipelineError, GateError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -398,12 +398,15 @@ def format_table(result: GateResult) -> str:
 
 # ------------------------------------------------------------------------ writing baselines
 def baseline_from_run(metrics: dict[str, Any], run_config: dict[str, Any] | None = None, *,
-                      miou_abs_tol: float = MIOU_ABS_TOL, latency_ratios: bool = True) -> Baseline:
+                      miou_abs_tol: float = MIOU_ABS_TOL, latency_ratios: bool = True,
+                      latency_ratio_max: float | None = None) -> Baseline:
     """A baseline that holds this run's numbers, with the default tolerances above.
 
     Every model mIoU and val loss; for every backend the run did not skip: its status, mIoU and,
     against the PyTorch reference, its mIoU delta, parity and (optionally) its p50 latency ratio.
-    Latency never appears as an absolute number: it depends on the machine.
+    Latency never appears as an absolute number: it depends on the machine. ``latency_ratio_max``
+    replaces each ratio's baseline value by that fixed bound (1.0: "no slower than PyTorch"), for
+    CI machines too noisy for anything tighter.
     """
     checks: list[Check] = []
     for model in ("teacher", "student_baseline", "student"):
@@ -429,10 +432,14 @@ def baseline_from_run(metrics: dict[str, Any], run_config: dict[str, Any] | None
                                 abs_tol=PARITY_ABS_TOL, rel_tol=PARITY_REL_TOL))
         reference = backends.get("pytorch", {}).get("latency_ms", {}).get("p50")
         if latency_ratios and name != "pytorch" and reference and backend.get("latency_ms", {}).get("p50"):
-            ratio = backend["latency_ms"]["p50"] / reference
-            checks.append(Check(f"{prefix}.latency_ms.p50 / backends.pytorch.latency_ms.p50", round(ratio, 4),
-                                "lower_is_better", rel_tol=LATENCY_RATIO_REL_TOL,
-                                note="latency relative to PyTorch eager on the same machine; loose on purpose"))
+            ratio_metric = f"{prefix}.latency_ms.p50 / backends.pytorch.latency_ms.p50"
+            if latency_ratio_max is not None:
+                checks.append(Check(ratio_metric, max=latency_ratio_max,
+                                    note="latency depends on the machine: only a loose bound relative to PyTorch"))
+            else:
+                ratio = backend["latency_ms"]["p50"] / reference
+                checks.append(Check(ratio_metric, round(ratio, 4), "lower_is_better", rel_tol=LATENCY_RATIO_REL_TOL,
+                                    note="latency relative to PyTorch eager on the same machine; loose on purpose"))
     run = metrics.get("run", {})
     fingerprints = {name: run[f"{name}_fingerprint"] for name in FINGERPRINTS if run.get(f"{name}_fingerprint")}
     source = {"run": run.get("name"), "git_sha": run.get("git_sha"),

@@ -7,7 +7,7 @@ CONFIG ?= configs/default.yaml
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test status clean-run
+.PHONY: install run test status clean-run browser baseline
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,22 @@ run: install
 status: install
 	$(PY) -m pipeline status $(CONFIG) $(ARGS)
 
-test: install
+test: install browser
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The report test opens report.html in headless Chromium. CI runs as root on Debian: install it
+# there when missing; elsewhere the test skips and says why.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update && apt-get install -y --no-install-recommends chromium; \
+	fi
+
+# Re-write the CI gate's baseline after an intended change to accuracy (review the diff, commit it).
+baseline: install
+	rm -rf exported/smoke-baseline
+	$(PY) -m pipeline run configs/smoke.yaml --out exported/smoke-baseline
+	$(PY) -m pipeline gate exported/smoke-baseline --baseline tests/baselines/smoke.json --write-baseline \
+		--latency-ratio-max 1.0
 
 clean-run:
 	rm -rf exported/default

@@ -49,10 +49,15 @@ def atomic_json_lines(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    import io
+
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    # Serialise in memory: torch.save names the zip records after the file it writes, and a random
+    # temp name would make identical weights hash differently (and re-run every downstream stage).
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def read_json(path: Path) -> Any:

@@ -1,4 +1,5 @@
 """Command line: parse, call, print. ``python -m pipeline run|status|methods|sweep ...``"""
+"""Command line: parse, call, print. ``python -m pipeline run|status|methods|gate ...``"""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import ConfigError, PipelineConfig, load_config
+from pipeline.gate import GateError
 from pipeline.runner import PipelineError, Runner
 from pipeline.summary import backends_table, gap_closure, models_table
 
@@ -42,6 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--min-iters", type=int, default=50)
     bench.add_argument("--min-seconds", type=float, default=2.0)
     bench.add_argument("--out", type=Path, help="folder for bench.{json,csv,md}")
+    gate = commands.add_parser("gate", help="compare a run's metrics with a baseline; exit 1 on any regression")
+    gate.add_argument("run_dir", type=Path, help="run folder holding metrics.json, e.g. exported/smoke")
+    gate.add_argument("--baseline", type=Path, required=True, help="baseline file (.json, .yaml)")
+    gate.add_argument("--write-baseline", action="store_true",
+                      help="write the baseline from this run instead of gating (review and commit it)")
+    gate.add_argument("--ignore-fingerprint", action="append", default=[], choices=("config", "dataset"),
+                      help="report a differing config/dataset fingerprint as a warning, not a failure")
+    gate.add_argument("--miou-tolerance", type=float, default=None, metavar="POINTS",
+                      help="with --write-baseline: mIoU points a model or backend may lose (default 0.5)")
+    gate.add_argument("--no-latency-ratios", action="store_true",
+                      help="with --write-baseline: leave out the backend/PyTorch p50 latency ratios")
+    gate.add_argument("--latency-ratio-max", type=float, default=None, metavar="X",
+                      help="with --write-baseline: bound each backend/PyTorch p50 ratio by X instead of "
+                           "the measured ratio (noisy CI machines)")
     return parser
 
 
@@ -104,6 +120,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gate(args: argparse.Namespace) -> int:
+    from pipeline.gate import MIOU_ABS_TOL, format_table, gate, write_baseline
+
+    if args.write_baseline:
+        tolerance = MIOU_ABS_TOL if args.miou_tolerance is None else args.miou_tolerance
+        baseline = write_baseline(args.run_dir, args.baseline, miou_abs_tol=tolerance,
+                                  latency_ratios=not args.no_latency_ratios,
+                                  latency_ratio_max=args.latency_ratio_max)
+        print(f"wrote {args.baseline}: {len(baseline.checks)} checks from {args.run_dir}; review the tolerances "
+              f"and commit it")
+        return 0
+    result = gate(args.run_dir, args.baseline, ignore_fingerprints=tuple(args.ignore_fingerprint))
+    print(format_table(result))
+    return 0 if result.passed else 1
+
+
 def print_summary(metrics: dict, run_dir: Path, config_path: Path) -> None:
     print()
     print(models_table(metrics))
@@ -134,7 +166,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "status": cmd_status, "methods": cmd_methods, "sweep": cmd_sweep, "bench": cmd_bench}
+COMMANDS = {"run": cmd_run, "status": cmd_status, "methods": cmd_methods, "sweep": cmd_sweep, "bench": cmd_bench,
+            "gate": cmd_gate}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, PipelineError) as exc:
+    except (ConfigError, PipelineError, GateError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -75,13 +75,28 @@ def versions() -> dict[str, str]:
     }
 
 
+# Settings that never change a number in metrics.json: a run renamed or re-reported is the same run.
+NOT_NUMBERS = (("run", "name"), ("report",))
+
+
+def comparable_config(config: PipelineConfig) -> dict[str, Any]:
+    """The resolved config without :data:`NOT_NUMBERS`: what ``config_fingerprint`` hashes."""
+    data = config.to_dict()
+    for path in NOT_NUMBERS:
+        node = data
+        for key in path[:-1]:
+            node = node[key]
+        node.pop(path[-1], None)
+    return data
+
+
 def run_info(config: PipelineConfig) -> dict[str, Any]:
     """The identity of a run: what CI gates compare before comparing numbers."""
     from pipeline.data import dataset_fingerprint
 
     return {
         "name": config.run.name,
-        "config_fingerprint": sha256_json(config.to_dict()),
+        "config_fingerprint": sha256_json(comparable_config(config)),
         "dataset_fingerprint": dataset_fingerprint(config.data),
         "git_sha": git_sha(),
         "versions": versions(),

@@ -180,6 +180,11 @@ class Runner:
         parts = self.fingerprint_parts(stage, records)
         fingerprint = sha256_json(parts)
         context = StageContext(self.config, self.run_dir, stage, fingerprint, dict(records))
+        from pipeline.environment import seed_everything
+
+        # Every stage starts from the same random state, so model initialisation (built before
+        # any training loop seeds) and anything else random is reproducible run to run.
+        seed_everything(self.config.run.seed)
         started = time.perf_counter()
         result = stage.run(context)
         seconds = time.perf_counter() - started

@@ -83,18 +83,34 @@ def lr_factor(cfg: TrainConfig, step: int, total_steps: int) -> float:
     return 1.0
 
 
+@dataclass
+class Evaluation:
+    matrix: ConfusionMatrix
+    loss: float  # mean cross-entropy per labelled val pixel: moves even while mIoU has not yet
+
+
 @torch.no_grad()
-def evaluate_segmentation(
+def evaluate(
     model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device, ignore_index: int = 255
-) -> ConfusionMatrix:
+) -> Evaluation:
     was_training = model.training
     model.eval()
     matrix = ConfusionMatrix(num_classes, ignore_index)
+    loss_sum, pixels = 0.0, 0
     for images, targets in loader:
         logits = model(images.to(device))
-        matrix.update(logits.argmax(1).cpu(), targets)
+        targets = targets.to(device)
+        loss_sum += F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum").item()
+        pixels += int((targets != ignore_index).sum())
+        matrix.update(logits.argmax(1).cpu(), targets.cpu())
     model.train(was_training)
-    return matrix
+    return Evaluation(matrix, loss_sum / max(pixels, 1))
+
+
+def evaluate_segmentation(
+    model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device, ignore_index: int = 255
+) -> ConfusionMatrix:
+    return evaluate(model, loader, num_classes, device, ignore_index).matrix
 
 
 def train(
@@ -137,9 +153,11 @@ def train(
 
     for epoch in range(start_epoch, cfg.epochs):
         seed_everything(seed * 1000 + epoch)
+        seed_augmentation(train_set, seed * 1000 + epoch)
         generator = torch.Generator().manual_seed(seed * 1000 + epoch)
         loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                            num_workers=workers, generator=generator, pin_memory=device.type == "cuda")
+                            num_workers=workers, generator=generator, pin_memory=device.type == "cuda",
+                            worker_init_fn=_seed_worker_augmentation)
         task.train()
         sums: dict[str, float] = {}
         started = time.perf_counter()
@@ -164,10 +182,12 @@ def train(
         epoch_seconds = time.perf_counter() - started
         result.steps += steps_per_epoch
         result.seconds += epoch_seconds
-        matrix = evaluate_segmentation(task.deployable, val_loader, num_classes, device)
+        evaluation = evaluate(task.deployable, val_loader, num_classes, device)
+        matrix = evaluation.matrix
         row = {
             "epoch": epoch + 1,
             **{name: total / steps_per_epoch for name, total in sums.items()},
+            "val_loss": evaluation.loss,
             "val_miou": matrix.miou(),
             "val_pixel_accuracy": matrix.pixel_accuracy(),
             "lr": optimizer.param_groups[0]["lr"],
@@ -185,6 +205,19 @@ def train(
         if on_epoch is not None:
             on_epoch(row)
     return result
+
+
+def seed_augmentation(dataset: Dataset, seed: int) -> None:
+    """Albumentations' Compose keeps its own random state, untouched by global seeds: set it."""
+    transform = getattr(dataset, "transform", None)
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(seed)
+
+
+def _seed_worker_augmentation(worker_id: int) -> None:
+    # Each worker holds a copy of the dataset; torch gives each a distinct, reproducible seed.
+    info = torch.utils.data.get_worker_info()
+    seed_augmentation(info.dataset, torch.initial_seed() % 2**32)
 
 
 def _load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:

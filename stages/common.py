@@ -14,7 +14,7 @@ from pipeline.environment import configure_torch, seed_everything
 from pipeline.metrics import ConfusionMatrix
 from pipeline.models import count_parameters
 from pipeline.stage import StageContext, StageResult
-from pipeline.training import SupervisedTask, evaluate_segmentation, train
+from pipeline.training import SupervisedTask, evaluate, train
 
 # Modules whose source is part of every training stage's fingerprint.
 TRAINING_CODE = ("pipeline.training", "pipeline.models", "pipeline.data", "pipeline.builders", "pipeline.distill")
@@ -41,6 +41,30 @@ def training_seed(config: PipelineConfig, train_cfg: TrainConfig) -> int:
 def seed_model_init(config: PipelineConfig, train_cfg: TrainConfig) -> None:
     """Call before building a model, so its random initialisation follows the training's seed."""
     seed_everything(training_seed(config, train_cfg))
+class EpochBoard:
+    """Per-epoch scalars (losses, val mIoU, lr) to TensorBoard under ``<stage>/tensorboard``."""
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+
+    def log(self, row: dict[str, Any]) -> None:
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                self.writer.add_scalar(key, value, row["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def tensorboard_writer(ctx: StageContext, desc: str) -> EpochBoard | None:
+    """A TensorBoard logger when tensorboard is installed; optional, so only a note when it is not."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print(f"[{desc}] tensorboard not installed: no TensorBoard logs (pip install tensorboard to get them)")
+        return None
+    return EpochBoard(SummaryWriter(log_dir=str(ctx.dir / "tensorboard")))
 
 
 def run_training(ctx: StageContext, task: nn.Module, train_cfg: TrainConfig, role: str, desc: str) -> StageResult:
@@ -51,18 +75,24 @@ def run_training(ctx: StageContext, task: nn.Module, train_cfg: TrainConfig, rol
     seed_everything(seed)
     info, train_set, val_set = data_splits(config)
     loader = val_loader(config, val_set)
-    result = train(task, train_set, loader, train_cfg, num_classes=info.num_classes, device=device,
-                   seed=seed, checkpoint=ctx.dir / "checkpoint.pt", fingerprint=ctx.fingerprint,
-                   desc=desc, workers=config.data.workers)
+    board = tensorboard_writer(ctx, desc)
+    try:
+        result = train(task, train_set, loader, train_cfg, num_classes=info.num_classes, device=device,
+                       seed=seed, checkpoint=ctx.dir / "checkpoint.pt", fingerprint=ctx.fingerprint,
+                       desc=desc, workers=config.data.workers, on_epoch=board.log if board else None)
+    finally:
+        if board:
+            board.close()
     model = task.deployable
-    matrix = evaluate_segmentation(model, loader, info.num_classes, device)
+    evaluation = evaluate(model, loader, info.num_classes, device, info.ignore_index)
     # A plain model ships as is; a Distiller is saved whole (heads included): stripping is its own stage.
     saved, weights_name = (model, "model.pt") if isinstance(task, SupervisedTask) else (task, "distiller.pt")
     atomic_torch_save({k: v.cpu() for k, v in saved.state_dict().items()}, ctx.dir / weights_name)
     atomic_json_lines(ctx.dir / "history.jsonl", result.history)
     (ctx.dir / "checkpoint.pt").unlink(missing_ok=True)  # finished: the resume point is no longer needed
-    summary = segmentation_summary(matrix, info.class_names)
+    summary = segmentation_summary(evaluation.matrix, info.class_names)
     summary.update({
+        "val_loss": round(evaluation.loss, 6),
         "params": count_parameters(model),
         "epochs": train_cfg.epochs,
         "steps": result.steps,

@@ -1,20 +1,28 @@
-"""Stage 8: report.md, the summary people read (models, backends, per-class IoU, timings)."""
+"""Stage 8: the report people read: report.md (with PNG figures beside it) and a self-contained
+report.html (figures embedded): summary, stage timings, training curves, per-class IoU, latency vs
+mIoU across backends, and pictures from the val split (image | truth | teacher | student | ONNX)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pipeline.artifacts import atomic_write_text
+from pipeline.artifacts import atomic_write_bytes, atomic_write_text, deep_merge
+from pipeline.builders import build_student, build_teacher, load_weights
+from pipeline.data import dataset_info
+from pipeline.reporting import charts
+from pipeline.reporting import html as html_page
+from pipeline.reporting.samples import displayable, predicted_masks, val_samples
+from pipeline.runtime import OnnxRuntimePredictor, TorchPredictor
 from pipeline.stage import Stage, StageContext, StageResult
 from pipeline.summary import backends_table, gap_closure, markdown_table, models_table
 
 UPSTREAM = ("train_teacher", "train_student_baseline", "distill_student", "strip", "export_onnx", "quantize",
             "build_engine", "validate", "benchmark", "deploy")
+TRAINING = (("train_teacher", "teacher"), ("train_student_baseline", "baseline"), ("distill_student", "student"))
+MODEL_COLUMNS = (("teacher", "teacher"), ("student_baseline", "baseline"), ("student", "student"))
 
 
 def collected_metrics(ctx: StageContext) -> dict[str, Any]:
-    from pipeline.artifacts import deep_merge
-
     merged: dict[str, Any] = {}
     for name in UPSTREAM:
         if ctx.has_input(name):
@@ -22,47 +30,131 @@ def collected_metrics(ctx: StageContext) -> dict[str, Any]:
     return merged
 
 
+def gated_backends(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every backend x precision that ran (not skipped), by name; the legacy aliases
+    (``pytorch``, ``onnxruntime``) repeat ``pytorch-fp32`` / ``onnxruntime-fp32`` and are left out."""
+    return {name: entry for name, entry in metrics.get("backends", {}).items()
+            if "-" in name and isinstance(entry, dict) and entry.get("status") not in ("skipped", None)}
+
+
+def per_class_columns(metrics: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    columns = {label: metrics[key]["per_class_iou"] for key, label in MODEL_COLUMNS
+               if "per_class_iou" in metrics.get(key, {})}
+    # PyTorch is the stripped student itself; every exported backend gets its own bars.
+    columns.update({name: entry["per_class_iou"] for name, entry in gated_backends(metrics).items()
+                    if name != "pytorch-fp32" and "per_class_iou" in entry})
+    return columns
+
+
 def per_class_table(metrics: dict[str, Any]) -> str:
-    columns = [(key, metrics[key]) for key in ("teacher", "student_baseline", "student") if key in metrics]
-    columns += [(name, backend) for name, backend in metrics.get("backends", {}).items()
-                if "-" in name and name != "pytorch-fp32" and "per_class_iou" in backend]
-    names = list(columns[0][1].get("per_class_iou", {})) if columns else []
-    rows = [[cls, *(col.get("per_class_iou", {}).get(cls) for _, col in columns)] for cls in names]
-    return markdown_table(["class", *(label for label, _ in columns)], rows)
+    columns = per_class_columns(metrics)
+    names = list(next(iter(columns.values()))) if columns else []
+    rows = [[cls, *(column.get(cls) for column in columns.values())] for cls in names]
+    return markdown_table(["class", *columns], rows)
+
+
+def latency_points(metrics: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    return {name: (entry["latency_ms"]["p50"], entry["miou"]) for name, entry in gated_backends(metrics).items()
+            if entry.get("latency_ms", {}).get("p50") is not None and entry.get("miou") is not None}
+
+
+def stage_timings(ctx: StageContext) -> str:
+    rows = [[name, ctx.records[name].seconds, ctx.records[name].finished_at] for name in UPSTREAM if ctx.has_input(name)]
+    return markdown_table(["stage", "seconds (last run)", "finished at"], rows)
+
+
+def histories(ctx: StageContext) -> dict[str, list[dict[str, Any]]]:
+    import json
+
+    found = {}
+    for stage, label in TRAINING:
+        if ctx.has_input(stage):
+            lines = ctx.input_path(stage, "history").read_text().splitlines()
+            found[label] = [json.loads(line) for line in lines if line.strip()]
+    return found
+
+
+def picture_grid(ctx: StageContext) -> bytes | None:
+    config = ctx.config
+    if config.report.samples == 0:
+        return None
+    info = dataset_info(config.data)
+    images, truth = val_samples(config.data, config.report.samples)
+    predictors = {
+        "teacher": TorchPredictor(load_weights(build_teacher(config), ctx.input_path("train_teacher", "weights"))),
+        "student": TorchPredictor(load_weights(build_student(config), ctx.input_path("strip", "student"))),
+        "exported (ONNX Runtime)": OnnxRuntimePredictor(ctx.input_path("export_onnx", "onnx")),
+    }
+    panels = {"ground truth": list(truth), **{k: list(v) for k, v in predicted_masks(predictors, images).items()}}
+    return charts.sample_grid(displayable(images, config.data), panels, info.class_names, info.ignore_index)
+
+
+def markdown_to_html_table(markdown: str) -> str:
+    """The summary tables are Markdown (shared with the terminal); the page shows the same rows."""
+    lines = [line.strip().strip("|") for line in markdown.splitlines() if line.strip().startswith("|")]
+    if len(lines) < 2:
+        return "<p class=\"note\">nothing to show</p>"
+    header = [cell.strip() for cell in lines[0].split("|")]
+    rows = [[cell.strip() for cell in line.split("|")] for line in lines[2:]]
+    return html_page.table(header, rows)
 
 
 def run(ctx: StageContext) -> StageResult:
     metrics = collected_metrics(ctx)
     closure = gap_closure(metrics)
-    lines = [
-        f"# Run `{ctx.config.run.name}`",
-        "",
-        "## Models (val split)",
-        models_table(metrics),
-        "",
-        f"Gap closed by distillation: {closure:.1f}% of (teacher - baseline)." if closure is not None else "",
-        "",
-        "## Exported student by backend",
-        backends_table(metrics),
-        "",
-        "## Per-class IoU (%)",
-        per_class_table(metrics),
-        "",
-        "## Strip proof",
-        markdown_table(["check", "value"], [[k, v] for k, v in metrics.get("strip", {}).items()]),
-        "",
+    figures: dict[str, bytes] = {}
+    curves = histories(ctx)
+    if curves:
+        figures["training_curves"] = charts.training_curves(curves)
+    columns = per_class_columns(metrics)
+    if columns:
+        names = dataset_info(ctx.config.data).class_names
+        figures["per_class_iou"] = charts.per_class_bars(names, columns)
+    points = latency_points(metrics)
+    if points:
+        figures["latency_vs_miou"] = charts.latency_vs_miou(points)
+    grid = picture_grid(ctx)
+    if grid is not None:
+        figures["samples"] = grid
+    for name, png in figures.items():
+        atomic_write_bytes(ctx.dir / f"{name}.png", png)
+
+    closure_text = (f"Distillation closed {closure:.1f}% of the teacher-baseline mIoU gap."
+                    if closure is not None else "Gap closure undefined (teacher and baseline tie).")
+    tables = [
+        ("Models (val split)", models_table(metrics), closure_text),
+        ("Exported student by backend", backends_table(metrics), ""),
+        ("Stage timings", stage_timings(ctx), ""),
+        ("Per-class IoU (%)", per_class_table(metrics), ""),
+        ("Strip proof", markdown_table(["check", "value"], [[k, v] for k, v in metrics.get("strip", {}).items()]), ""),
     ]
+    figure_titles = {"training_curves": "Training curves", "per_class_iou": "Per-class IoU",
+                     "latency_vs_miou": "Latency vs mIoU", "samples": "Val pictures"}
+
+    lines = [f"# Run `{ctx.config.run.name}`", ""]
+    for title, table, note in tables:
+        lines += [f"## {title}", table, "", note, ""]
+    for name in figures:
+        lines += [f"## {figure_titles[name]}", f"![{figure_titles[name]}]({name}.png)", ""]
     atomic_write_text(ctx.dir / "report.md", "\n".join(lines))
+
+    sections = [(title, markdown_to_html_table(table) + (f'<p class="note">{note}</p>' if note else ""))
+                for title, table, note in tables]
+    sections += [(figure_titles[name], html_page.image_tag(png, figure_titles[name])) for name, png in figures.items()]
+    atomic_write_text(ctx.dir / "report.html", html_page.page(f"Run {ctx.config.run.name}", sections))
+
     summary = {"gap_closure_percent": None if closure is None else round(closure, 2)}
-    return StageResult(outputs={"report": "report.md"}, metrics={"distillation": summary,
-                                                                 "artifacts": {"report": "report/report.md"}})
+    outputs = {"report": "report.md", "html": "report.html", **{name: f"{name}.png" for name in figures}}
+    return StageResult(outputs=outputs, metrics={"distillation": summary,
+                                                 "artifacts": {"report": "report/report.md",
+                                                               "report_html": "report/report.html"}})
 
 
 STAGE = Stage(
     name="report",
     run=run,
     inputs=UPSTREAM,
-    config_keys=("report",),
-    code=("pipeline.summary",),
-    description="write report.md",
+    config_keys=("report", "data", "teacher.model", "student.model", "distill.methods"),
+    code=("pipeline.summary", "pipeline.reporting"),
+    description="write report.md and report.html (tables, curves, per-class IoU, pictures)",
 )

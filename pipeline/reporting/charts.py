@@ -1,0 +1,111 @@
+"""The report's figures, drawn with matplotlib (Agg) and returned as PNG bytes."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: reports are written on servers and in CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+IGNORE_COLOUR = (0, 0, 0)
+
+
+def png_bytes(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def class_palette(num_classes: int) -> np.ndarray:
+    """(num_classes, 3) uint8 colours, distinct for up to 20 classes; background stays dark grey."""
+    cmap = plt.get_cmap("tab20" if num_classes > 10 else "tab10")
+    colours = np.array([cmap(i % cmap.N)[:3] for i in range(num_classes)]) * 255
+    colours[0] = (64, 64, 64)
+    return colours.astype(np.uint8)
+
+
+def colourise(mask: np.ndarray, palette: np.ndarray, ignore_index: int = 255) -> np.ndarray:
+    """HxW class ids -> HxWx3 uint8 colours (ignored pixels black)."""
+    out = np.zeros((*mask.shape, 3), dtype=np.uint8)
+    valid = (mask != ignore_index) & (mask >= 0) & (mask < len(palette))
+    out[valid] = palette[mask[valid]]
+    return out
+
+
+def training_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> bytes:
+    """Loss (train solid, val dashed) and val mIoU per epoch, one colour per trained model."""
+    figure, (loss_ax, miou_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for index, (label, rows) in enumerate(histories.items()):
+        colour = f"C{index}"
+        epochs = [row["epoch"] for row in rows]
+        loss_ax.plot(epochs, [row.get("loss") for row in rows], "-o", color=colour, label=f"{label} (train)")
+        if all("val_loss" in row for row in rows):
+            loss_ax.plot(epochs, [row["val_loss"] for row in rows], "--s", color=colour, label=f"{label} (val)")
+        miou_ax.plot(epochs, [row.get("val_miou") for row in rows], "-o", color=colour, label=label)
+    loss_ax.set(title="loss per epoch", xlabel="epoch", ylabel="loss")
+    miou_ax.set(title="val mIoU per epoch", xlabel="epoch", ylabel="mIoU %")
+    for ax in (loss_ax, miou_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    return png_bytes(figure)
+
+
+def per_class_bars(class_names: Sequence[str], columns: Mapping[str, Mapping[str, float | None]]) -> bytes:
+    """Grouped bars: per-class IoU (%) of every model / backend; absent classes are left empty."""
+    names = list(class_names)
+    width = 0.8 / max(len(columns), 1)
+    figure, ax = plt.subplots(figsize=(max(8, 0.9 * len(names) * max(1, len(columns) / 3)), 4.2))
+    x = np.arange(len(names))
+    for index, (label, ious) in enumerate(columns.items()):
+        values = [np.nan if ious.get(name) is None else ious[name] for name in names]
+        ax.bar(x + (index - (len(columns) - 1) / 2) * width, values, width, label=label)
+    ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel="IoU %", title="per-class IoU on the val split", ylim=(0, 100))
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=min(len(columns), 4))
+    return png_bytes(figure)
+
+
+def latency_vs_miou(points: Mapping[str, tuple[float, float]]) -> bytes:
+    """One point per backend/precision: p50 latency (x, ms) against val mIoU (y, %)."""
+    figure, ax = plt.subplots(figsize=(6.5, 4.2))
+    for index, (label, (latency, miou)) in enumerate(points.items()):
+        ax.scatter([latency], [miou], s=60, color=f"C{index}", zorder=3)
+        ax.annotate(label, (latency, miou), textcoords="offset points", xytext=(6, 6), fontsize=9)
+    ax.set(xlabel="p50 latency, ms (batch 1; lower is better)", ylabel="val mIoU % (higher is better)",
+           title="latency vs accuracy by backend and precision")
+    ax.grid(alpha=0.3)
+    ax.margins(0.25)
+    return png_bytes(figure)
+
+
+def sample_grid(images: Sequence[np.ndarray], panels: Mapping[str, Sequence[np.ndarray]],
+                class_names: Sequence[str], ignore_index: int = 255) -> bytes:
+    """Rows of: image | one coloured mask per panel (ground truth, teacher, ...); legend of classes."""
+    palette = class_palette(len(class_names))
+    titles = ["image", *panels]
+    rows = len(images)
+    figure, axes = plt.subplots(rows, len(titles), figsize=(2.1 * len(titles), 2.1 * rows + 0.8), squeeze=False)
+    for row in range(rows):
+        pictures = [images[row], *(colourise(masks[row], palette, ignore_index) for masks in panels.values())]
+        for col, picture in enumerate(pictures):
+            ax = axes[row][col]
+            ax.imshow(picture, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(titles[col], fontsize=9)
+    handles = [Patch(color=palette[i] / 255, label=name) for i, name in enumerate(class_names)]
+    figure.legend(handles=handles, loc="lower center", ncol=min(5, len(handles)), fontsize=8, frameon=False,
+                  bbox_to_anchor=(0.5, -0.02 - 0.03 * ((len(handles) - 1) // 5)))
+    return png_bytes(figure)

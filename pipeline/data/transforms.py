@@ -79,6 +79,10 @@ def train_transform(aug: AugmentConfig, image_size: int) -> A.Compose:
     return A.Compose(ops + _finish())
 
 
-def eval_transform() -> A.Compose:
-    """Normalise and convert to tensors; no geometry changes."""
-    return A.Compose(_finish())
+def eval_transform(max_side: int | None = None) -> A.Compose:
+    """Normalise and convert to tensors; optionally shrink so the longer side is ``max_side``."""
+    resize: list[A.BasicTransform] = []
+    if max_side is not None:
+        resize.append(A.LongestMaxSize(max_size=max_side, interpolation=cv2.INTER_LINEAR,
+                                       mask_interpolation=cv2.INTER_NEAREST))
+    return A.Compose(resize + _finish())

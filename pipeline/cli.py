@@ -47,10 +47,20 @@ def make_runner(config: PipelineConfig, out: Path | None) -> Runner:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline import distributed
+
     config = load_config(args.config, args.overrides)
-    runner = make_runner(config, args.out)
-    metrics = runner.run(force=args.force, until=args.until)
-    print_summary(metrics, runner.run_dir, args.config)
+    # Under torchrun: join the process group (nccl on CUDA, gloo on CPU); a no-op for one process.
+    distributed.init_from_env("cpu" if config.run.device == "cpu" else None)
+    try:
+        runner = make_runner(config, args.out)
+        metrics = runner.run(force=args.force, until=args.until)
+        main = distributed.is_main()
+        distributed.barrier()  # every rank leaves together once rank 0 has finished the last stage
+    finally:
+        distributed.shutdown()
+    if main:
+        print_summary(metrics, runner.run_dir, args.config)
     return 0
 
 

@@ -21,5 +21,6 @@ STAGE = Stage(
     inputs=("train_teacher",),
     config_keys=(*TRAINING_KEYS, "student", "distill", "teacher.model"),
     code=TRAINING_CODE,
+    distributed=True,
     description="train the student against the teacher (TaT, KD, ... in the method slot)",
 )

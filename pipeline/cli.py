@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import ConfigError, PipelineConfig, load_config
+from pipeline.data.files import DatasetLayoutError
 from pipeline.runner import PipelineError, Runner
 from pipeline.summary import backends_table, gap_closure, models_table
 
@@ -50,6 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline import distributed
 
     config = load_config(args.config, args.overrides)
+    check_dataset(config)
     # Under torchrun: join the process group (nccl on CUDA, gloo on CPU); a no-op for one process.
     distributed.init_from_env("cpu" if config.run.device == "cpu" else None)
     try:
@@ -62,6 +64,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if main:
         print_summary(metrics, runner.run_dir, args.config)
     return 0
+
+
+def check_dataset(config: PipelineConfig) -> None:
+    """Fail before any work when a real dataset's folder is missing or mis-structured."""
+    from pipeline.data import dataset_fingerprint
+
+    dataset_fingerprint(config.data)  # lists both splits and reads the class list
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -112,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, PipelineError) as exc:
+    except (ConfigError, PipelineError, DatasetLayoutError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

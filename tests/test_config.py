@@ -20,8 +20,21 @@ def test_defaults_validate_and_round_trip():
     assert PipelineConfig.model_validate(config.to_dict()) == config
 
 
+def required_methods(path: Path) -> list[str]:
+    """A config's ``# requires-methods: a, b`` line: methods that live on another branch until merged."""
+    for line in path.read_text().splitlines():
+        if line.startswith("# requires-methods:"):
+            return [name.strip() for name in line.split(":", 1)[1].split(",") if name.strip()]
+    return []
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_every_shipped_config_is_valid(name):
+    from pipeline.distill import available_methods
+
+    missing = [m for m in required_methods(CONFIGS / name) if m not in available_methods()]
+    if missing:
+        pytest.skip(f"{name} needs distillation methods not in this checkout yet: {', '.join(missing)}")
     load_config(CONFIGS / name)
 
 

@@ -1,0 +1,1 @@
+"""Benchmark commands that measure and write figures (JSON + Markdown); see docs/BENCHMARKS.md."""

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.config import ConfigError, PipelineConfig
-from pipeline.data import DatasetInfo, build_dataset, dataset_info
+from pipeline.data import DatasetInfo, build_dataset, dataset_info, segmentation_collate
 from pipeline.distill import Distiller, build_method, feature_info, method_class
 from pipeline.distill.base import TeacherCentersRequest
 from pipeline.distill.registry import method_weight, parse_options
@@ -92,8 +92,10 @@ def data_splits(config: PipelineConfig) -> tuple[DatasetInfo, Dataset, Dataset]:
     return dataset_info(config.data), build_dataset(config.data, "train"), build_dataset(config.data, "val")
 
 
-def val_loader(config: PipelineConfig, val_set: Dataset, batch_size: int = 32) -> DataLoader:
-    return DataLoader(val_set, batch_size=batch_size, shuffle=False, num_workers=config.data.workers)
+def val_loader(config: PipelineConfig, val_set: Dataset, batch_size: int | None = None) -> DataLoader:
+    """Val batches in order; images of different sizes are padded (ignore label) to a common size."""
+    return DataLoader(val_set, batch_size=batch_size or config.data.val_batch_size, shuffle=False,
+                      num_workers=config.data.workers, collate_fn=segmentation_collate)
 
 
 def check_distillation(config: PipelineConfig) -> None:

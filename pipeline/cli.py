@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import ConfigError, PipelineConfig, load_config
-from pipeline.gate import GateError
+from pipeline.data.files import DatasetLayoutError
 from pipeline.runner import PipelineError, Runner
 from pipeline.summary import backends_table, gap_closure, models_table
 
@@ -78,14 +78,32 @@ def make_runner(config: PipelineConfig, out: Path | None) -> Runner:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline import distributed
+
     from pipeline.builders import check_distillation
 
     config = load_config(args.config, args.overrides)
+    check_dataset(config)
     check_distillation(config)
-    runner = make_runner(config, args.out)
-    metrics = runner.run(force=args.force, until=args.until)
-    print_summary(metrics, runner.run_dir, args.config)
+    # Under torchrun: join the process group (nccl on CUDA, gloo on CPU); a no-op for one process.
+    distributed.init_from_env("cpu" if config.run.device == "cpu" else None)
+    try:
+        runner = make_runner(config, args.out)
+        metrics = runner.run(force=args.force, until=args.until)
+        main = distributed.is_main()
+        distributed.barrier()  # every rank leaves together once rank 0 has finished the last stage
+    finally:
+        distributed.shutdown()
+    if main:
+        print_summary(metrics, runner.run_dir, args.config)
     return 0
+
+
+def check_dataset(config: PipelineConfig) -> None:
+    """Fail before any work when a real dataset's folder is missing or mis-structured."""
+    from pipeline.data import dataset_fingerprint
+
+    dataset_fingerprint(config.data)  # lists both splits and reads the class list
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -181,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, PipelineError, GateError) as exc:
+    except (ConfigError, PipelineError, DatasetLayoutError, GateError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

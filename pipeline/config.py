@@ -31,6 +31,11 @@ class RunConfig(StrictModel):
     # Deterministic kernels make CI gates tight; costs a little speed on GPU.
     deterministic: bool = True
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; None = torch default")
+    # Training speed on accelerators (all of it also runs on CPU; see pipeline/training.py).
+    amp: Literal["none", "bf16", "fp16"] = Field("none", description="mixed precision; fp16 uses a GradScaler")
+    channels_last: bool = Field(False, description="NHWC memory format (faster convolutions on tensor cores)")
+    compile: bool = Field(False, description="torch.compile the training step's model")
+    sync_batchnorm: bool = Field(False, description="SyncBatchNorm across ranks under torchrun (CUDA only)")
 
 
 # -------------------------------------------------------------------------------------- data
@@ -48,10 +53,24 @@ class AugmentConfig(StrictModel):
         return v
 
 
+SegmentationDataset = Literal["synthetic", "voc", "cocostuff10k", "cityscapes", "folder"]
+
+
 class DataConfig(StrictModel):
-    dataset: Literal["synthetic"] = "synthetic"
-    root: Path | None = None
+    dataset: SegmentationDataset = "synthetic"
+    root: Path | None = Field(None, description="real datasets: the folder holding the dataset's layout")
     image_size: int = Field(64, ge=32, description="training crop / synthetic image side, pixels")
+    # Real datasets: split names as the dataset spells them; None = the dataset's usual train/val pair.
+    train_split: str | None = Field(None, description="e.g. voc: train_aug | train; cocostuff10k: train")
+    val_split: str | None = Field(None, description="e.g. voc: val; cocostuff10k: test; cityscapes: val")
+    class_names_file: Path | None = Field(None, description="folder dataset: one class name a line "
+                                                            "(default <root>/classes.txt)")
+    val_max_side: int | None = Field(None, ge=32, description="resize val images so the longer side is this; "
+                                                              "None = full resolution")
+    val_batch_size: int = Field(32, ge=1, description="val batches of different-size images are padded with "
+                                                      "the ignore label; 1 = exact full-image evaluation")
+    pin_memory: bool = Field(True, description="page-locked host batches (CUDA only)")
+    persistent_workers: bool = Field(True, description="keep DataLoader workers between epochs (workers > 0)")
     train_size: int = Field(2000, ge=1, description="synthetic dataset: images in the train split")
     val_size: int = Field(300, ge=1, description="synthetic dataset: images in the val split")
     seed: int = Field(0, description="synthetic dataset: generator seed (independent of run.seed)")

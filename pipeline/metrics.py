@@ -49,6 +49,13 @@ class ConfusionMatrix:
             raise ValueError(f"pred holds class ids outside [0, {n})")
         self._matrix += np.bincount(t * n + p, minlength=n * n).reshape(n, n)
 
+    @classmethod
+    def from_counts(cls, counts: np.ndarray, ignore_index: int = 255) -> "ConfusionMatrix":
+        """A matrix holding ``counts`` ([target, pred] pixel counts), e.g. summed over processes."""
+        matrix = cls(counts.shape[0], ignore_index)
+        matrix._matrix += counts.astype(np.int64)
+        return matrix
+
     def merge(self, other: "ConfusionMatrix") -> None:
         if other.num_classes != self.num_classes:
             raise ValueError(f"cannot merge {other.num_classes}-class matrix into {self.num_classes}-class one")

@@ -8,6 +8,7 @@ never looks done.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import importlib.util
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline import distributed
 from pipeline.artifacts import atomic_write_json, deep_merge, sha256_file, sha256_json
 from pipeline.config import PipelineConfig, dump_config
 from pipeline.stage import RECORD_NAME, Stage, StageContext, StageRecord
@@ -146,37 +148,60 @@ class Runner:
 
     # ------------------------------------------------------------------ running
     def run(self, force: Sequence[str] = (), until: str | None = None) -> dict[str, Any]:
-        """Run every stale stage in order; returns the run's metrics (also in metrics.json)."""
+        """Run every stale stage in order; returns the run's metrics (also in metrics.json).
+
+        Under torchrun, rank 0 decides what runs and owns the run folder; the other ranks follow its
+        decisions, join the training stages (``Stage.distributed``) and wait while rank 0 runs the rest.
+        """
         self.check_stage_names([*force, *([until] if until else [])])
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with RunLock(self.run_dir):
-            dump_config(self.config, self.run_dir / "config.yaml")
+        main = distributed.is_main()
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        with RunLock(self.run_dir) if main else contextlib.nullcontext():
+            if main:
+                dump_config(self.config, self.run_dir / "config.yaml")
             records: dict[str, StageRecord] = {}
             statuses: dict[str, str] = {}
+            metrics: dict[str, Any] = {}
             for stage in self.stages:
                 if not stage.enabled(self.config):
                     statuses[stage.name] = "disabled"
                     continue
-                record = StageRecord.load(self.run_dir / stage.name)
-                # An input that re-ran but produced identical outputs leaves this stage up to date.
-                reason = self._stale_reason(stage, record, records, force)
+                record, reason = None, None
+                if main:
+                    record = StageRecord.load(self.run_dir / stage.name)
+                    # An input that re-ran but produced identical outputs leaves this stage up to date.
+                    reason = self._stale_reason(stage, record, records, force)
+                record, reason = distributed.broadcast_object((record, reason))
                 if reason is None and record is not None:
                     records[stage.name] = record
                     statuses[stage.name] = "skipped"
-                    print(f"[{stage.name}] up to date, skipped")
+                    _say(f"[{stage.name}] up to date, skipped")
                 else:
-                    print(f"[{stage.name}] running ({reason})")
-                    records[stage.name] = self._run_stage(stage, records)
+                    _say(f"[{stage.name}] running ({reason})")
+                    records[stage.name] = self._execute(stage, records)
                     statuses[stage.name] = "ran"
-                self.write_metrics(records, statuses)
+                if main:
+                    metrics = self.write_metrics(records, statuses)
                 if stage.name == until:
                     break
-            return self.write_metrics(records, statuses)
+            return self.write_metrics(records, statuses) if main else metrics
 
-    def _run_stage(self, stage: Stage, records: dict[str, StageRecord]) -> StageRecord:
+    def _execute(self, stage: Stage, records: dict[str, StageRecord]) -> StageRecord:
+        """Training stages run on every rank; any other stage on rank 0 alone. Either way every rank
+        leaves with rank 0's completion record (the broadcast is where the other ranks wait)."""
+        record = None
+        if stage.distributed or distributed.is_main():
+            record = self._run_stage(stage, records)
+        return distributed.broadcast_object(record)
+
+    def _run_stage(self, stage: Stage, records: dict[str, StageRecord]) -> StageRecord | None:
+        """Run ``stage``; rank 0 checks its outputs and writes its record (other ranks return None)."""
+        main = distributed.is_main()
         stage_dir = self.run_dir / stage.name
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        (stage_dir / RECORD_NAME).unlink(missing_ok=True)  # from here on the stage is "not done"
+        if main:
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            (stage_dir / RECORD_NAME).unlink(missing_ok=True)  # from here on the stage is "not done"
         parts = self.fingerprint_parts(stage, records)
         fingerprint = sha256_json(parts)
         context = StageContext(self.config, self.run_dir, stage, fingerprint, dict(records))
@@ -188,6 +213,8 @@ class Runner:
         started = time.perf_counter()
         result = stage.run(context)
         seconds = time.perf_counter() - started
+        if not main:
+            return None
         outputs = {}
         for name, relative in result.outputs.items():
             path = stage_dir / relative
@@ -269,6 +296,11 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _say(text: str) -> None:
+    if distributed.is_main():
+        print(text)
 
 
 def _now() -> str:

@@ -34,6 +34,8 @@ class Stage:
     code: tuple[str, ...] = ()
     enabled: Callable[[PipelineConfig], bool] = _always
     description: str = ""
+    # Under torchrun: True = every rank runs it (DDP training); False = rank 0 alone, the others wait.
+    distributed: bool = False
 
 
 @dataclass

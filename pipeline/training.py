@@ -4,6 +4,8 @@ The loop trains a *task*: an ``nn.Module`` whose forward(images, targets) return
 and whose ``deployable`` attribute is the network to evaluate and ship. It checkpoints atomically
 after every epoch and resumes from the last checkpoint of the same fingerprint. Each epoch
 reseeds from (seed, epoch), so a resumed run sees the same batches as an uninterrupted one.
+The same loop runs on CPU, one GPU (mixed precision, channels_last, torch.compile) and under
+torchrun with DistributedDataParallel (see pipeline/distributed.py for the conventions).
 """
 
 from __future__ import annotations
@@ -15,14 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
+
+from pipeline import distributed
 
 from pipeline.artifacts import atomic_torch_save
 from pipeline.config import TrainConfig
+from pipeline.data.transforms import reseed_augmentation, seed_worker
 from pipeline.environment import seed_everything
 from pipeline.metrics import ConfusionMatrix
 
@@ -53,6 +60,11 @@ class TrainResult:
     steps: int = 0
     seconds: float = 0.0
     resumed_from_epoch: int = 0
+    final_evaluation: "Evaluation | None" = None  # val after the last epoch trained in this call
+
+    @property
+    def final_matrix(self) -> ConfusionMatrix | None:
+        return self.final_evaluation.matrix if self.final_evaluation else None
 
     @property
     def seconds_per_step(self) -> float:
@@ -83,6 +95,31 @@ def lr_factor(cfg: TrainConfig, step: int, total_steps: int) -> float:
     return 1.0
 
 
+@dataclass(frozen=True)
+class TrainingRuntime:
+    """How the loop runs (not what it learns): precision, memory format, compilation, loading."""
+
+    amp: str = "none"  # none | bf16 | fp16 (fp16 adds a GradScaler)
+    channels_last: bool = False
+    compile: bool = False
+    sync_batchnorm: bool = False
+    workers: int = 0
+    pin_memory: bool = True
+    persistent_workers: bool = True
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
+
+    def autocast(self, device: torch.device) -> Any:
+        dtype = self.amp_dtype
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+    def images(self, images: Tensor, device: torch.device) -> Tensor:
+        images = images.to(device, non_blocking=True)
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+
 @dataclass
 class Evaluation:
     matrix: ConfusionMatrix
@@ -91,26 +128,70 @@ class Evaluation:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device, ignore_index: int = 255
+    model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device, ignore_index: int = 255,
+    runtime: TrainingRuntime | None = None,
 ) -> Evaluation:
+    """Confusion matrix and val loss of ``model`` on ``loader``; under torchrun each rank scores its
+    share and the counts are summed over ranks, so every rank returns the whole split's figures."""
+    runtime = runtime or TrainingRuntime()
     was_training = model.training
     model.eval()
     matrix = ConfusionMatrix(num_classes, ignore_index)
     loss_sum, pixels = 0.0, 0
-    for images, targets in loader:
-        logits = model(images.to(device))
-        targets = targets.to(device)
-        loss_sum += F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum").item()
-        pixels += int((targets != ignore_index).sum())
-        matrix.update(logits.argmax(1).cpu(), targets.cpu())
+    for images, targets in distributed_shard(loader):
+        with runtime.autocast(device):
+            logits = model(runtime.images(images, device))
+        on_device = targets.to(device)
+        loss_sum += F.cross_entropy(logits.float(), on_device, ignore_index=ignore_index, reduction="sum").item()
+        pixels += int((on_device != ignore_index).sum())
+        matrix.update(logits.argmax(1).cpu(), targets)
     model.train(was_training)
-    return Evaluation(matrix, loss_sum / max(pixels, 1))
+    if distributed.world_size() > 1:
+        collective = _collective_device(device)
+        matrix = ConfusionMatrix.from_counts(distributed.all_reduce_sum(matrix.matrix, collective), ignore_index)
+        loss_sum, pixels = distributed.all_reduce_sum(np.array([loss_sum, pixels], dtype=np.float64), collective)
+    return Evaluation(matrix, float(loss_sum) / max(float(pixels), 1.0))
 
 
 def evaluate_segmentation(
-    model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device, ignore_index: int = 255
+    model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device, ignore_index: int = 255,
+    runtime: TrainingRuntime | None = None,
 ) -> ConfusionMatrix:
-    return evaluate(model, loader, num_classes, device, ignore_index).matrix
+    return evaluate(model, loader, num_classes, device, ignore_index, runtime).matrix
+
+
+def distributed_shard(loader: DataLoader) -> DataLoader:
+    """This rank's every world_size-th val sample (no padding duplicates, unlike DistributedSampler)."""
+    size = distributed.world_size()
+    if size == 1:
+        return loader
+    shard = Subset(loader.dataset, range(distributed.rank(), len(loader.dataset), size))
+    return DataLoader(shard, batch_size=loader.batch_size, num_workers=loader.num_workers,
+                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
+
+
+def _collective_device(device: torch.device) -> torch.device:
+    return device if device.type == "cuda" else torch.device("cpu")  # nccl needs CUDA tensors, gloo CPU ones
+
+
+def prepare_for_devices(task: nn.Module, device: torch.device, runtime: TrainingRuntime, desc: str) -> nn.Module:
+    """Move ``task`` to ``device`` (SyncBatchNorm, memory format) and return the module to call for
+    training steps: itself, or wrapped in DistributedDataParallel and/or torch.compile."""
+    if runtime.sync_batchnorm and distributed.world_size() > 1:
+        if device.type != "cuda":
+            raise ValueError(f"{desc}: run.sync_batchnorm needs CUDA (torch's SyncBatchNorm has no CPU kernel); "
+                             "set run.sync_batchnorm=false for CPU/gloo runs")
+        task = nn.SyncBatchNorm.convert_sync_batchnorm(task)  # in place below the root: same parameters
+    task.to(device)
+    if runtime.channels_last:
+        task.to(memory_format=torch.channels_last)
+    step_module: nn.Module = task
+    if distributed.world_size() > 1:
+        ids = [device.index] if device.type == "cuda" and device.index is not None else None
+        step_module = DistributedDataParallel(task, device_ids=ids)
+    if runtime.compile:
+        step_module = torch.compile(step_module)
+    return step_module
 
 
 def train(
@@ -127,17 +208,34 @@ def train(
     desc: str,
     workers: int = 0,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    runtime: TrainingRuntime | None = None,
 ) -> TrainResult:
-    """Train ``task`` for ``cfg.epochs``, evaluating ``task.deployable`` on val after each epoch."""
-    task.to(device)
+    """Train ``task`` for ``cfg.epochs``, evaluating ``task.deployable`` on val after each epoch.
+
+    ``cfg.batch_size`` is the global batch: under torchrun each of the N ranks loads 1/N of it, and
+    the batches of one step together are exactly the batch a single process would load (one
+    shared permutation per epoch), so N processes follow a single process's run. Rank 0 alone
+    prints and checkpoints.
+    """
+    runtime = runtime or TrainingRuntime(workers=workers)
+    main = distributed.is_main()
+    step_module = prepare_for_devices(task, device, runtime, desc)
     optimizer = build_optimizer(task, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=runtime.amp == "fp16")
     base_lrs = [group["lr"] for group in optimizer.param_groups]
-    steps_per_epoch = len(train_set) // cfg.batch_size  # drop_last: BN needs > 1 sample
+    rank_batch = distributed.per_rank_batch(cfg.batch_size, desc)
+    sampler = DistributedSampler(train_set, num_replicas=distributed.world_size(), rank=distributed.rank(),
+                                 shuffle=True, seed=seed * 1000, drop_last=True)
+    steps_per_epoch = len(sampler) // rank_batch  # drop_last: BN needs > 1 sample
     if steps_per_epoch == 0:
         raise ValueError(f"{desc}: batch_size {cfg.batch_size} is larger than the {len(train_set)} training images")
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     total_steps = steps_per_epoch * cfg.epochs
+    loader = DataLoader(train_set, batch_size=rank_batch, sampler=sampler, drop_last=True,
+                        num_workers=runtime.workers, pin_memory=runtime.pin_memory and device.type == "cuda",
+                        persistent_workers=runtime.persistent_workers and runtime.workers > 0,
+                        generator=torch.Generator(), worker_init_fn=seed_worker)
 
     result = TrainResult()
     start_epoch = 0
@@ -145,79 +243,92 @@ def train(
     if state is not None:
         task.load_state_dict(state["task"])
         optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         result.history = state["history"]
         result.steps = state["steps"]
         result.seconds = state["seconds"]
         start_epoch = result.resumed_from_epoch = state["epoch"] + 1
-        print(f"[{desc}] resuming from checkpoint after epoch {start_epoch}/{cfg.epochs}")
+        _say(main, f"[{desc}] resuming from checkpoint after epoch {start_epoch}/{cfg.epochs}")
 
     for epoch in range(start_epoch, cfg.epochs):
+        # Same batches and augmentations for (seed, epoch) whether or not the run was resumed (exactly so
+        # with data.workers=0 or non-persistent workers; persistent workers keep their first-epoch seeds).
         seed_everything(seed * 1000 + epoch)
-        seed_augmentation(train_set, seed * 1000 + epoch)
-        generator = torch.Generator().manual_seed(seed * 1000 + epoch)
-        loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                            num_workers=workers, generator=generator, pin_memory=device.type == "cuda",
-                            worker_init_fn=_seed_worker_augmentation)
+        rank_seed = int(np.random.SeedSequence([seed, epoch, distributed.rank()]).generate_state(1)[0])
+        reseed_augmentation(train_set, rank_seed)  # ranks draw different augmentations
+        loader.generator.manual_seed(rank_seed)  # worker seeds
+        sampler.set_epoch(epoch)
         task.train()
-        sums: dict[str, float] = {}
+        sums: dict[str, Tensor] = {}
         started = time.perf_counter()
-        bar = tqdm(total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, disable=None)
+        bar = tqdm(total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=None if main else True)
         for index, (images, targets) in enumerate(loader):
             if index >= steps_per_epoch:
                 break
             step = epoch * steps_per_epoch + index
             for group, base_lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base_lr * lr_factor(cfg, step, total_steps)
-            loss, parts = task(images.to(device, non_blocking=True), targets.to(device, non_blocking=True))
+            with runtime.autocast(device):
+                loss, parts = step_module(runtime.images(images, device), targets.to(device, non_blocking=True))
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; lower the learning rate")
+                raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; lower the learning rate"
+                                         + (" or use run.amp=bf16" if runtime.amp == "fp16" else ""))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             for name, value in {"loss": loss, **parts}.items():
-                sums[name] = sums.get(name, 0.0) + value.item()
+                sums[name] = sums.get(name, 0.0) + value.detach().float()  # summed on device: no sync per step
             bar.update(1)
-            bar.set_postfix(loss=f"{sums['loss'] / (index + 1):.3f}")
+            if index % 20 == 0:
+                bar.set_postfix(loss=f"{sums['loss'].item() / (index + 1):.3f}")
         bar.close()
         epoch_seconds = time.perf_counter() - started
         result.steps += steps_per_epoch
         result.seconds += epoch_seconds
-        evaluation = evaluate(task.deployable, val_loader, num_classes, device)
+        means = _mean_over_ranks(sums, steps_per_epoch, device)
+        distributed.broadcast_buffers(task)  # evaluate rank 0's BN statistics (the ones it saves) everywhere
+        evaluation = evaluate(task.deployable, val_loader, num_classes, device, runtime=runtime)
+        result.final_evaluation = evaluation
         matrix = evaluation.matrix
         row = {
             "epoch": epoch + 1,
-            **{name: total / steps_per_epoch for name, total in sums.items()},
+            **means,
             "val_loss": evaluation.loss,
             "val_miou": matrix.miou(),
             "val_pixel_accuracy": matrix.pixel_accuracy(),
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": epoch_seconds,
+            "images_per_second": steps_per_epoch * cfg.batch_size / max(epoch_seconds, 1e-9),
         }
         result.history.append(row)
-        print(f"[{desc}] epoch {epoch + 1}/{cfg.epochs} loss {row['loss']:.4f} val mIoU {row['val_miou']:.2f} "
-              f"({epoch_seconds:.1f} s)")
-        atomic_torch_save(
-            {"fingerprint": fingerprint, "epoch": epoch, "task": task.state_dict(),
-             "optimizer": optimizer.state_dict(), "history": result.history,
-             "steps": result.steps, "seconds": result.seconds},
-            checkpoint,
-        )
+        _say(main, f"[{desc}] epoch {epoch + 1}/{cfg.epochs} loss {row['loss']:.4f} val mIoU {row['val_miou']:.2f} "
+                   f"({epoch_seconds:.1f} s, {row['images_per_second']:.1f} images/s)")
+        if main:
+            atomic_torch_save(
+                {"fingerprint": fingerprint, "epoch": epoch, "task": task.state_dict(),
+                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "history": result.history,
+                 "steps": result.steps, "seconds": result.seconds},
+                checkpoint,
+            )
         if on_epoch is not None:
             on_epoch(row)
     return result
 
 
-def seed_augmentation(dataset: Dataset, seed: int) -> None:
-    """Albumentations' Compose keeps its own random state, untouched by global seeds: set it."""
-    transform = getattr(dataset, "transform", None)
-    if hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(seed)
+def _mean_over_ranks(sums: dict[str, Tensor], steps: int, device: torch.device) -> dict[str, float]:
+    """Per-step mean of each loss part, averaged over ranks (every rank has the same keys in order)."""
+    names = list(sums)
+    totals = np.array([float(sums[name]) for name in names], dtype=np.float64)
+    totals = distributed.all_reduce_sum(totals, _collective_device(device)) / distributed.world_size()
+    return {name: float(total) / steps for name, total in zip(names, totals)}
 
 
-def _seed_worker_augmentation(worker_id: int) -> None:
-    # Each worker holds a copy of the dataset; torch gives each a distinct, reproducible seed.
-    info = torch.utils.data.get_worker_info()
-    seed_augmentation(info.dataset, torch.initial_seed() % 2**32)
+def _say(main: bool, text: str) -> None:
+    if main:
+        print(text)
 
 
 def _load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:

@@ -14,11 +14,28 @@ from pipeline.environment import configure_torch, seed_everything
 from pipeline.metrics import ConfusionMatrix
 from pipeline.models import count_parameters
 from pipeline.stage import StageContext, StageResult
-from pipeline.training import SupervisedTask, evaluate, train
+from pipeline import distributed
+from pipeline.training import SupervisedTask, TrainingRuntime, evaluate, evaluate_segmentation, train
 
 # Modules whose source is part of every training stage's fingerprint.
-TRAINING_CODE = ("pipeline.training", "pipeline.models", "pipeline.data", "pipeline.builders", "pipeline.distill")
-TRAINING_KEYS = ("run.seed", "run.deterministic", "data")
+TRAINING_CODE = ("pipeline.training", "pipeline.models", "pipeline.data", "pipeline.builders", "pipeline.distill",
+                 "pipeline.distributed")
+# Settings that change what is learnt (channels_last / compile / loader settings only change speed).
+TRAINING_KEYS = ("run.seed", "run.deterministic", "run.amp", "run.sync_batchnorm", "data")
+
+
+def training_runtime(config: PipelineConfig) -> TrainingRuntime:
+    return TrainingRuntime(amp=config.run.amp, channels_last=config.run.channels_last, compile=config.run.compile,
+                           sync_batchnorm=config.run.sync_batchnorm, workers=config.data.workers,
+                           pin_memory=config.data.pin_memory, persistent_workers=config.data.persistent_workers)
+
+
+def training_device(config: PipelineConfig) -> torch.device:
+    """The configured device; under torchrun on CUDA, this process's own GPU (LOCAL_RANK)."""
+    device = configure_torch(config.run)
+    if device.type == "cuda" and distributed.world_size() > 1:
+        return torch.device("cuda", distributed.local_rank())
+    return device
 
 
 def segmentation_summary(matrix: ConfusionMatrix, class_names: tuple[str, ...]) -> dict[str, Any]:
@@ -41,6 +58,8 @@ def training_seed(config: PipelineConfig, train_cfg: TrainConfig) -> int:
 def seed_model_init(config: PipelineConfig, train_cfg: TrainConfig) -> None:
     """Call before building a model, so its random initialisation follows the training's seed."""
     seed_everything(training_seed(config, train_cfg))
+
+
 class EpochBoard:
     """Per-epoch scalars (losses, val mIoU, lr) to TensorBoard under ``<stage>/tensorboard``."""
 
@@ -68,28 +87,34 @@ def tensorboard_writer(ctx: StageContext, desc: str) -> EpochBoard | None:
 
 
 def run_training(ctx: StageContext, task: nn.Module, train_cfg: TrainConfig, role: str, desc: str) -> StageResult:
-    """Train ``task``, write ``model.pt`` (deployable weights) and ``history.jsonl``, return metrics."""
+    """Train ``task``, write ``model.pt`` (deployable weights) and ``history.jsonl``, return metrics.
+
+    Under torchrun every rank trains; rank 0 alone writes the files."""
     config = ctx.config
-    device = configure_torch(config.run)
+    device = training_device(config)
+    runtime = training_runtime(config)
     seed = training_seed(config, train_cfg)
     seed_everything(seed)
     info, train_set, val_set = data_splits(config)
     loader = val_loader(config, val_set)
-    board = tensorboard_writer(ctx, desc)
+    board = tensorboard_writer(ctx, desc) if distributed.is_main() else None
     try:
         result = train(task, train_set, loader, train_cfg, num_classes=info.num_classes, device=device,
                        seed=seed, checkpoint=ctx.dir / "checkpoint.pt", fingerprint=ctx.fingerprint,
-                       desc=desc, workers=config.data.workers, on_epoch=board.log if board else None)
+                       desc=desc, runtime=runtime, on_epoch=board.log if board else None)
     finally:
         if board:
             board.close()
     model = task.deployable
-    evaluation = evaluate(model, loader, info.num_classes, device, info.ignore_index)
+    evaluation = result.final_evaluation  # None only when resuming after the last epoch was already trained
+    if evaluation is None:
+        evaluation = evaluate(model, loader, info.num_classes, device, info.ignore_index, runtime)
     # A plain model ships as is; a Distiller is saved whole (heads included): stripping is its own stage.
     saved, weights_name = (model, "model.pt") if isinstance(task, SupervisedTask) else (task, "distiller.pt")
-    atomic_torch_save({k: v.cpu() for k, v in saved.state_dict().items()}, ctx.dir / weights_name)
-    atomic_json_lines(ctx.dir / "history.jsonl", result.history)
-    (ctx.dir / "checkpoint.pt").unlink(missing_ok=True)  # finished: the resume point is no longer needed
+    if distributed.is_main():
+        atomic_torch_save({k: v.cpu() for k, v in saved.state_dict().items()}, ctx.dir / weights_name)
+        atomic_json_lines(ctx.dir / "history.jsonl", result.history)
+        (ctx.dir / "checkpoint.pt").unlink(missing_ok=True)  # finished: the resume point is no longer needed
     summary = segmentation_summary(evaluation.matrix, info.class_names)
     summary.update({
         "val_loss": round(evaluation.loss, 6),
@@ -100,6 +125,8 @@ def run_training(ctx: StageContext, task: nn.Module, train_cfg: TrainConfig, rol
         "seconds_per_step": round(result.seconds_per_step, 4),
         "images_per_second": round(result.steps * train_cfg.batch_size / max(result.seconds, 1e-9), 2),
         "device": str(device),
+        "world_size": distributed.world_size(),
+        "amp": runtime.amp,
     })
     if torch.cuda.is_available() and device.type == "cuda":
         summary["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)

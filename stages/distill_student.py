@@ -28,5 +28,6 @@ STAGE = Stage(
     inputs=("train_teacher", "teacher_centers"),
     config_keys=(*TRAINING_KEYS, "student", "distill", "teacher.model"),
     code=(*TRAINING_CODE, "stages.teacher_centers"),
+    distributed=True,
     description="train the student against the teacher (TaT, KD, ... in the method slot)",
 )

@@ -19,6 +19,7 @@ STAGE = Stage(
     run=run,
     config_keys=(*TRAINING_KEYS, "student"),
     code=TRAINING_CODE,
+    distributed=True,
     enabled=lambda config: config.baseline.enabled,
     description="train the student with cross-entropy only (the no-distillation reference)",
 )

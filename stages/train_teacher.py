@@ -19,5 +19,6 @@ STAGE = Stage(
     run=run,
     config_keys=(*TRAINING_KEYS, "teacher"),
     code=TRAINING_CODE,
+    distributed=True,
     description="train the teacher with cross-entropy",
 )

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Subset
 
 from pipeline.backends import REFERENCE_KEY, backend_plan, file_size, open_backend, with_legacy_aliases
 from pipeline.config import PipelineConfig
-from pipeline.data import build_dataset, dataset_info
+from pipeline.data import build_dataset, dataset_info, segmentation_collate
 from pipeline.runtime import Predictor
 from pipeline.stage import Stage, StageContext, StageResult
 from pipeline.validation import evaluate_predictor, tensor_parity
@@ -30,14 +30,16 @@ def val_batches(ctx: StageContext) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     dataset = build_dataset(config.data, "val")
     if config.validate_.max_images:
         dataset = Subset(dataset, range(min(config.validate_.max_images, len(dataset))))
-    for images, targets in DataLoader(dataset, batch_size=config.validate_.batch_size, shuffle=False):
+    for images, targets in DataLoader(dataset, batch_size=config.validate_.batch_size, shuffle=False,
+                                         collate_fn=segmentation_collate):
         yield images.numpy(), targets.numpy()
 
 
 def parity_inputs(ctx: StageContext) -> np.ndarray:
     dataset = build_dataset(ctx.config.data, "val")
     count = min(ctx.config.validate_.parity_images, len(dataset))
-    return np.stack([dataset[i][0].numpy() for i in range(count)]).astype(np.float32)
+    images, _ = segmentation_collate([dataset[i] for i in range(count)])  # real val images differ in size
+    return images.numpy().astype(np.float32)
 
 
 def parity_shapes(config: PipelineConfig) -> list[tuple[int, int, int, int]]:

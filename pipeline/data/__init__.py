@@ -1,4 +1,4 @@
-"""Datasets: the embedded synthetic benchmark (and, later, real-dataset readers).
+"""Datasets: the embedded synthetic benchmark and readers of real datasets in their on-disk formats.
 
 ``build_dataset`` is a small dispatch on ``DataConfig.dataset``; each dataset lives in its own
 module and registers a builder, an info function and a fingerprint function here.
@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from pipeline.config import DataConfig
@@ -56,6 +58,53 @@ def _synthetic_identity(cfg: DataConfig) -> dict[str, Any]:
     }
 
 
+# -------------------------------------------------------------------- on-disk segmentation
+# Each reader module exposes CLASS_NAMES (or class_names for the folder), DEFAULT_SPLITS and build().
+_READERS = {"voc": "pipeline.data.voc", "cocostuff10k": "pipeline.data.cocostuff",
+            "cityscapes": "pipeline.data.cityscapes", "folder": "pipeline.data.folder"}
+
+
+def _reader(cfg: DataConfig) -> Any:
+    import importlib
+
+    return importlib.import_module(_READERS[cfg.dataset])
+
+
+def split_name(cfg: DataConfig, split: str) -> str:
+    """The dataset's own name for our "train"/"val" split (data.train_split / data.val_split or its default)."""
+    chosen = cfg.train_split if split == "train" else cfg.val_split
+    return chosen or _reader(cfg).DEFAULT_SPLITS[split]
+
+
+def _files_info(cfg: DataConfig) -> DatasetInfo:
+    from pipeline.data.transforms import MEAN, STD
+
+    reader = _reader(cfg)
+    names = reader.class_names(cfg.root, cfg.class_names_file) if cfg.dataset == "folder" else reader.CLASS_NAMES
+    return DatasetInfo(len(names), tuple(names), MEAN, STD, 255)
+
+
+def _files_build(cfg: DataConfig, split: str, augment: bool) -> Dataset:
+    from pipeline.data.transforms import eval_transform, train_transform
+
+    transform = train_transform(cfg.augment, cfg.image_size) if augment else eval_transform(cfg.val_max_side)
+    reader, name = _reader(cfg), split_name(cfg, split)
+    if cfg.dataset == "folder":
+        return reader.build(cfg.root, name, cfg.class_names_file, transform)
+    return reader.build(cfg.root, name, transform)
+
+
+def _files_identity(cfg: DataConfig) -> dict[str, Any]:
+    """The root, the class list and the sample ids of both splits (not the pixels: too slow to hash)."""
+    identity: dict[str, Any] = {"root": str(cfg.root), "classes": list(_files_info(cfg).class_names),
+                                "image_size": cfg.image_size, "val_max_side": cfg.val_max_side}
+    for split in ("train", "val"):
+        ids = _files_build(cfg, split, augment=False).ids()
+        identity[split] = {"name": split_name(cfg, split), "count": len(ids),
+                           "ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest()}
+    return identity
+
+
 @dataclass(frozen=True)
 class _Entry:
     info: Callable[[DataConfig], DatasetInfo]
@@ -66,6 +115,7 @@ class _Entry:
 
 DATASETS: dict[str, _Entry] = {
     "synthetic": _Entry(_synthetic_info, _synthetic_build, _synthetic_identity),
+    **{name: _Entry(_files_info, _files_build, _files_identity) for name in _READERS},
 }
 
 
@@ -96,4 +146,18 @@ def dataset_fingerprint(cfg: DataConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-__all__ = ["DATASETS", "DatasetInfo", "build_dataset", "dataset_fingerprint", "dataset_info"]
+def segmentation_collate(batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """Stack (image, mask) pairs, padding smaller ones at the bottom/right to the batch's largest size:
+    images with 0 (the normalised mean colour), masks with the ignore label, so padding never counts."""
+    height = max(image.shape[-2] for image, _ in batch)
+    width = max(image.shape[-1] for image, _ in batch)
+    images = torch.zeros(len(batch), batch[0][0].shape[0], height, width, dtype=batch[0][0].dtype)
+    masks = torch.full((len(batch), height, width), 255, dtype=batch[0][1].dtype)
+    for index, (image, mask) in enumerate(batch):
+        images[index, :, : image.shape[-2], : image.shape[-1]] = image
+        masks[index, : mask.shape[-2], : mask.shape[-1]] = mask
+    return images, masks
+
+
+__all__ = ["DATASETS", "DatasetInfo", "build_dataset", "dataset_fingerprint", "dataset_info",
+           "segmentation_collate", "split_name"]

@@ -79,6 +79,29 @@ def train_transform(aug: AugmentConfig, image_size: int) -> A.Compose:
     return A.Compose(ops + _finish())
 
 
-def eval_transform() -> A.Compose:
-    """Normalise and convert to tensors; no geometry changes."""
-    return A.Compose(_finish())
+def eval_transform(max_side: int | None = None) -> A.Compose:
+    """Normalise and convert to tensors; optionally shrink so the longer side is ``max_side``."""
+    resize: list[A.BasicTransform] = []
+    if max_side is not None:
+        resize.append(A.LongestMaxSize(max_size=max_side, interpolation=cv2.INTER_LINEAR,
+                                       mask_interpolation=cv2.INTER_NEAREST))
+    return A.Compose(resize + _finish())
+
+
+def reseed_augmentation(dataset: object, seed: int) -> None:
+    """Seed a dataset's albumentations pipeline. Albumentations keeps its own RNG, which global seeds
+    never reach, so without this every run (and every DataLoader worker) draws its own augmentations."""
+    while hasattr(dataset, "dataset") and not hasattr(dataset, "transform"):  # Subset and friends
+        dataset = dataset.dataset
+    transform = getattr(dataset, "transform", None)
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(int(seed) % 2**32)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: each worker's augmentations follow torch's per-worker seed."""
+    import torch
+
+    info = torch.utils.data.get_worker_info()
+    if info is not None:
+        reseed_augmentation(info.dataset, torch.initial_seed())

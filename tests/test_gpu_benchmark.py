@@ -1,0 +1,30 @@
+"""The GPU training benchmark command refuses CPU by default and, allowed, writes its figures."""
+
+import json
+
+import pytest
+import torch
+
+from pipeline.benchmarks.gpu_training import main, naive_tat_loss, sdpa_tat_loss
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a GPU")
+def test_refuses_cpu_without_allow_cpu(capsys):
+    assert main(["--out", "unused"]) == 2
+    assert "no CUDA device is visible" in capsys.readouterr().err
+
+
+def test_naive_and_sdpa_tat_losses_agree():
+    q, k, v, t = (torch.randn(1, 1, 77, 16, dtype=torch.float64) for _ in range(4))
+    torch.testing.assert_close(sdpa_tat_loss(q, k, v, t), naive_tat_loss(q, k, v, t))
+
+
+@pytest.mark.slow
+def test_tiny_cpu_run_writes_json_and_markdown(tmp_path):
+    out = tmp_path / "gpu_training"
+    assert main(["--allow-cpu", "--size", "33", "--batch", "2", "--steps", "1", "--warmup", "0", "--tat-size", "9",
+                 "--out", str(out)]) == 0
+    figures = json.loads(out.with_suffix(".json").read_text())
+    assert figures["results"]["teacher_training"]["images_per_second"] > 0
+    assert figures["results"]["tat_loss_sdpa"]["positions"] == 81
+    assert "teacher_training" in out.with_suffix(".md").read_text()

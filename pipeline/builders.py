@@ -13,11 +13,11 @@ from pipeline.config import PipelineConfig
 from pipeline.data import DatasetInfo, build_dataset, dataset_info
 from pipeline.distill import Distiller, build_method, feature_info, method_class
 from pipeline.distill.registry import parse_options
-from pipeline.models import SegmentationModel, build_segmentation_model
+from pipeline.tasks import get_task
 
 
-def build_teacher(config: PipelineConfig) -> SegmentationModel:
-    return build_segmentation_model(config.teacher.model, dataset_info(config.data).num_classes)
+def build_teacher(config: PipelineConfig) -> nn.Module:
+    return get_task(config.task).build_model(config.teacher.model, dataset_info(config.data).num_classes)
 
 
 def student_neck(config: PipelineConfig, channels: int) -> nn.Module | None:
@@ -32,19 +32,20 @@ def student_neck(config: PipelineConfig, channels: int) -> nn.Module | None:
     return necks[0] if necks else None
 
 
-def build_student(config: PipelineConfig, with_methods: bool = True) -> SegmentationModel:
+def build_student(config: PipelineConfig, with_methods: bool = True) -> nn.Module:
     """The deployable student; ``with_methods=False`` gives the plain baseline architecture."""
     num_classes = dataset_info(config.data).num_classes
-    plain = build_segmentation_model(config.student.model, num_classes)
+    task = get_task(config.task)
+    plain = task.build_model(config.student.model, num_classes)
     if not with_methods:
         return plain
     neck = student_neck(config, plain.feature_channels["stage4"])
     if neck is None:
         return plain
-    return build_segmentation_model(config.student.model, num_classes, neck=neck)
+    return task.build_model(config.student.model, num_classes, neck=neck)
 
 
-def build_distiller(config: PipelineConfig, teacher: SegmentationModel, student: SegmentationModel) -> Distiller:
+def build_distiller(config: PipelineConfig, teacher: nn.Module, student: nn.Module) -> Distiller:
     student_info, teacher_info = feature_info(student), feature_info(teacher)
     methods = [(spec.weight, build_method(spec, student_info, teacher_info)) for spec in config.distill.methods]
     info = dataset_info(config.data)

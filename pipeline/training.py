@@ -111,8 +111,18 @@ def train(
     desc: str,
     workers: int = 0,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
 ) -> TrainResult:
-    """Train ``task`` for ``cfg.epochs``, evaluating ``task.deployable`` on val after each epoch."""
+    """Train ``task`` for ``cfg.epochs``, evaluating ``task.deployable`` on val after each epoch.
+
+    ``evaluate(model)`` gives the figures logged as ``val_<name>`` (the first one is printed);
+    by default the segmentation mIoU and pixel accuracy over ``val_loader``.
+    """
+    if evaluate is None:
+        def evaluate(model: nn.Module) -> dict[str, float]:
+            matrix = evaluate_segmentation(model, val_loader, num_classes, device)
+            return {"miou": matrix.miou(), "pixel_accuracy": matrix.pixel_accuracy()}
+
     task.to(device)
     optimizer = build_optimizer(task, cfg)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
@@ -164,17 +174,17 @@ def train(
         epoch_seconds = time.perf_counter() - started
         result.steps += steps_per_epoch
         result.seconds += epoch_seconds
-        matrix = evaluate_segmentation(task.deployable, val_loader, num_classes, device)
+        figures = evaluate(task.deployable)
         row = {
             "epoch": epoch + 1,
             **{name: total / steps_per_epoch for name, total in sums.items()},
-            "val_miou": matrix.miou(),
-            "val_pixel_accuracy": matrix.pixel_accuracy(),
+            **{f"val_{name}": value for name, value in figures.items()},
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": epoch_seconds,
         }
         result.history.append(row)
-        print(f"[{desc}] epoch {epoch + 1}/{cfg.epochs} loss {row['loss']:.4f} val mIoU {row['val_miou']:.2f} "
+        headline, value = next(iter(figures.items()))
+        print(f"[{desc}] epoch {epoch + 1}/{cfg.epochs} loss {row['loss']:.4f} val {headline} {value:.2f} "
               f"({epoch_seconds:.1f} s)")
         atomic_torch_save(
             {"fingerprint": fingerprint, "epoch": epoch, "task": task.state_dict(),

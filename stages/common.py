@@ -11,26 +11,16 @@ from pipeline.artifacts import atomic_json_lines, atomic_torch_save
 from pipeline.builders import data_splits, val_loader
 from pipeline.config import TrainConfig
 from pipeline.environment import configure_torch, seed_everything
-from pipeline.metrics import ConfusionMatrix
 from pipeline.models import count_parameters
 from pipeline.stage import StageContext, StageResult
-from pipeline.training import SupervisedTask, evaluate_segmentation, train
+from pipeline.tasks import get_task
+from pipeline.tasks.segmentation import segmentation_summary  # noqa: F401 - re-exported for stages
+from pipeline.training import SupervisedTask, train
 
 # Modules whose source is part of every training stage's fingerprint.
-TRAINING_CODE = ("pipeline.training", "pipeline.models", "pipeline.data", "pipeline.builders", "pipeline.distill")
-TRAINING_KEYS = ("run.seed", "run.deterministic", "data")
-
-
-def segmentation_summary(matrix: ConfusionMatrix, class_names: tuple[str, ...]) -> dict[str, Any]:
-    return {
-        "miou": round(matrix.miou(), 4),
-        "pixel_accuracy": round(matrix.pixel_accuracy(), 4),
-        "per_class_iou": {name: _round(iou) for name, iou in zip(class_names, matrix.per_class_iou())},
-    }
-
-
-def _round(value: float) -> float | None:
-    return None if value != value else round(float(value) * 100, 4)  # NaN -> None (class absent)
+TRAINING_CODE = ("pipeline.training", "pipeline.models", "pipeline.data", "pipeline.builders", "pipeline.distill",
+                 "pipeline.tasks")
+TRAINING_KEYS = ("task", "run.seed", "run.deterministic", "data")
 
 
 def run_training(ctx: StageContext, task: nn.Module, train_cfg: TrainConfig, role: str, desc: str) -> StageResult:
@@ -40,17 +30,19 @@ def run_training(ctx: StageContext, task: nn.Module, train_cfg: TrainConfig, rol
     seed_everything(config.run.seed)
     info, train_set, val_set = data_splits(config)
     loader = val_loader(config, val_set)
+    kind = get_task(config.task)
     result = train(task, train_set, loader, train_cfg, num_classes=info.num_classes, device=device,
                    seed=config.run.seed, checkpoint=ctx.dir / "checkpoint.pt", fingerprint=ctx.fingerprint,
-                   desc=desc, workers=config.data.workers)
+                   desc=desc, workers=config.data.workers,
+                   evaluate=lambda model: kind.evaluate_model(model, loader, info, device).scalars())
     model = task.deployable
-    matrix = evaluate_segmentation(model, loader, info.num_classes, device)
+    evaluation = kind.evaluate_model(model, loader, info, device)
     # A plain model ships as is; a Distiller is saved whole (heads included): stripping is its own stage.
     saved, weights_name = (model, "model.pt") if isinstance(task, SupervisedTask) else (task, "distiller.pt")
     atomic_torch_save({k: v.cpu() for k, v in saved.state_dict().items()}, ctx.dir / weights_name)
     atomic_json_lines(ctx.dir / "history.jsonl", result.history)
     (ctx.dir / "checkpoint.pt").unlink(missing_ok=True)  # finished: the resume point is no longer needed
-    summary = segmentation_summary(matrix, info.class_names)
+    summary = evaluation.summary()
     summary.update({
         "params": count_parameters(model),
         "epochs": train_cfg.epochs,

@@ -1,7 +1,8 @@
 """Stage 6: validate the exported model against PyTorch, in two tiers.
 
 Tensors: max abs / rel logit difference on fixed inputs saved beside the results (the first
-``validate.parity_images`` val images). Task: mIoU on the val split, one-sided tolerance.
+``validate.parity_images`` val images). Task: the task's metric (mIoU, or top-1 for
+classification) on the val split, one-sided tolerance ``validate.miou_tolerance``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from pipeline.builders import build_student, load_weights
 from pipeline.data import build_dataset, dataset_info
 from pipeline.runtime import OnnxRuntimePredictor, Predictor, TorchPredictor
 from pipeline.stage import Stage, StageContext, StageResult
-from pipeline.validation import evaluate_predictor, tensor_parity
-from stages.common import segmentation_summary
+from pipeline.tasks import get_task
+from pipeline.validation import tensor_parity
 
 
 def val_batches(ctx: StageContext) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -38,6 +39,8 @@ def parity_inputs(ctx: StageContext) -> np.ndarray:
 def run(ctx: StageContext) -> StageResult:
     config = ctx.config
     info = dataset_info(config.data)
+    task = get_task(config.task)
+    metric = task.metric
     student = load_weights(build_student(config), ctx.input_path("strip", "student"))
     reference: Predictor = TorchPredictor(student, device="cpu")
     candidates: dict[str, Predictor] = {"onnxruntime": OnnxRuntimePredictor(ctx.input_path("export_onnx", "onnx"))}
@@ -46,26 +49,23 @@ def run(ctx: StageContext) -> StageResult:
     np.save(ctx.dir / "parity_inputs.npy", inputs)
     reference_logits = reference.predict(inputs)
 
-    reference_matrix = evaluate_predictor(reference, val_batches(ctx), info.num_classes, info.ignore_index)
-    backends: dict[str, Any] = {
-        "pytorch": {"status": "passed", "precision": "fp32", **segmentation_summary(reference_matrix, info.class_names)}
-    }
+    reference_summary = task.evaluate_predictions(reference.predict, val_batches(ctx), info).summary()
+    backends: dict[str, Any] = {"pytorch": {"status": "passed", "precision": "fp32", **reference_summary}}
     for name, predictor in candidates.items():
         parity = tensor_parity(reference_logits, predictor.predict(inputs))
-        matrix = evaluate_predictor(predictor, val_batches(ctx), info.num_classes, info.ignore_index)
-        summary = segmentation_summary(matrix, info.class_names)
-        miou_delta = summary["miou"] - backends["pytorch"]["miou"]
-        passed = parity["max_abs_diff"] <= config.validate_.atol and -miou_delta <= config.validate_.miou_tolerance
+        summary = task.evaluate_predictions(predictor.predict, val_batches(ctx), info).summary()
+        delta = summary[metric] - backends["pytorch"][metric]
+        passed = parity["max_abs_diff"] <= config.validate_.atol and -delta <= config.validate_.miou_tolerance
         backends[name] = {
             "status": "passed" if passed else "validation failed",
             "precision": predictor.precision,
             **summary,
-            "miou_delta": round(miou_delta, 4),
+            f"{metric}_delta": round(delta, 4),
             **parity,
             "runtime": predictor.describe(),
         }
-        print(f"[validate] {name}: max|diff| {parity['max_abs_diff']:.2e}, mIoU {summary['miou']:.2f} "
-              f"({miou_delta:+.3f} vs PyTorch) -> {backends[name]['status']}")
+        print(f"[validate] {name}: max|diff| {parity['max_abs_diff']:.2e}, {task.metric_label} {summary[metric]:.2f} "
+              f"({delta:+.3f} vs PyTorch) -> {backends[name]['status']}")
     return StageResult(outputs={"parity_inputs": "parity_inputs.npy"}, metrics={"backends": backends})
 
 
@@ -73,7 +73,7 @@ STAGE = Stage(
     name="validate",
     run=run,
     inputs=("strip", "export_onnx"),
-    config_keys=("validate", "data", "student.model", "distill.methods"),
-    code=("pipeline.validation", "pipeline.runtime", "pipeline.metrics", "pipeline.data"),
-    description="parity and mIoU of ONNX Runtime against PyTorch",
+    config_keys=("task", "validate", "data", "student.model", "distill.methods"),
+    code=("pipeline.validation", "pipeline.runtime", "pipeline.metrics", "pipeline.data", "pipeline.tasks"),
+    description="parity and task metric (mIoU / top-1) of ONNX Runtime against PyTorch",
 )

@@ -28,7 +28,7 @@ from pipeline.metrics import ConfusionMatrix
 
 
 class SupervisedTask(nn.Module):
-    """Plain cross-entropy training of one segmentation model."""
+    """Plain cross-entropy training of one model (per pixel or per image: F.cross_entropy takes both)."""
 
     def __init__(self, model: nn.Module, ignore_index: int = 255) -> None:
         super().__init__()

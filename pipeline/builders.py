@@ -11,15 +11,15 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.config import ConfigError, PipelineConfig
-from pipeline.data import DatasetInfo, build_dataset, dataset_info, segmentation_collate
+from pipeline.data import DatasetInfo, build_dataset, dataset_info
 from pipeline.distill import Distiller, build_method, feature_info, method_class
 from pipeline.distill.base import TeacherCentersRequest
 from pipeline.distill.registry import method_weight, parse_options
-from pipeline.models import SegmentationModel, build_segmentation_model
+from pipeline.tasks import get_task
 
 
-def build_teacher(config: PipelineConfig) -> SegmentationModel:
-    return build_segmentation_model(config.teacher.model, dataset_info(config.data).num_classes)
+def build_teacher(config: PipelineConfig) -> nn.Module:
+    return get_task(config.task).build_model(config.teacher.model, dataset_info(config.data).num_classes)
 
 
 def teacher_centers_requests(config: PipelineConfig) -> dict[str, TeacherCentersRequest]:
@@ -44,22 +44,23 @@ def student_neck(config: PipelineConfig, channels: int) -> nn.Module | None:
     return necks[0] if necks else None
 
 
-def build_student(config: PipelineConfig, with_methods: bool = True) -> SegmentationModel:
+def build_student(config: PipelineConfig, with_methods: bool = True) -> nn.Module:
     """The deployable student; ``with_methods=False`` gives the plain baseline architecture."""
     num_classes = dataset_info(config.data).num_classes
-    plain = build_segmentation_model(config.student.model, num_classes)
+    task = get_task(config.task)
+    plain = task.build_model(config.student.model, num_classes)
     if not with_methods:
         return plain
     neck = student_neck(config, plain.feature_channels["stage4"])
     if neck is None:
         return plain
-    return build_segmentation_model(config.student.model, num_classes, neck=neck)
+    return task.build_model(config.student.model, num_classes, neck=neck)
 
 
 def build_distiller(
     config: PipelineConfig,
-    teacher: SegmentationModel,
-    student: SegmentationModel,
+    teacher: nn.Module,
+    student: nn.Module,
     artifacts: Mapping[str, Mapping[str, Tensor]] | None = None,
 ) -> Distiller:
     """``artifacts``: method name -> its precomputed artifacts (e.g. {"letkd": {"teacher_centers": C}}).
@@ -93,9 +94,9 @@ def data_splits(config: PipelineConfig) -> tuple[DatasetInfo, Dataset, Dataset]:
 
 
 def val_loader(config: PipelineConfig, val_set: Dataset, batch_size: int | None = None) -> DataLoader:
-    """Val batches in order; images of different sizes are padded (ignore label) to a common size."""
+    """Val batches in order (segmentation: images of different sizes padded with the ignore label)."""
     return DataLoader(val_set, batch_size=batch_size or config.data.val_batch_size, shuffle=False,
-                      num_workers=config.data.workers, collate_fn=segmentation_collate)
+                      num_workers=config.data.workers, collate_fn=get_task(config.task).collate)
 
 
 def check_distillation(config: PipelineConfig) -> None:

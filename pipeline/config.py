@@ -53,11 +53,15 @@ class AugmentConfig(StrictModel):
         return v
 
 
-SegmentationDataset = Literal["synthetic", "voc", "cocostuff10k", "cityscapes", "folder"]
+Dataset = Literal["synthetic", "voc", "cocostuff10k", "cityscapes", "folder",
+                  "synthetic_classification", "cifar100", "image_folder"]
 
 
 class DataConfig(StrictModel):
-    dataset: SegmentationDataset = "synthetic"
+    # Segmentation: synthetic (embedded), voc, cocostuff10k, cityscapes, folder (images/ + masks/).
+    # Classification: synthetic_classification (embedded), cifar100 (cifar-100-python pickles under
+    # root), image_folder (root/{train,val}/<class>/*.JPEG).
+    dataset: Dataset = "synthetic"
     root: Path | None = Field(None, description="real datasets: the folder holding the dataset's layout")
     image_size: int = Field(64, ge=32, description="training crop / synthetic image side, pixels")
     # Real datasets: split names as the dataset spells them; None = the dataset's usual train/val pair.
@@ -93,6 +97,8 @@ class ModelConfig(StrictModel):
     width_mult: float = Field(1.0, gt=0, description="MobileNetV2 width multiplier")
     dropout: float = Field(0.1, ge=0, lt=1)
     pretrained: Path | None = Field(None, description="local torchvision-format backbone weights")
+    stem: Literal["imagenet", "cifar"] = Field(
+        "imagenet", description="classification: 'cifar' = 3x3 stride-1 stem without max-pool, for 32x32 inputs")
 
     @model_validator(mode="after")
     def _width_only_for_mobilenet(self) -> "ModelConfig":
@@ -243,7 +249,15 @@ class ReportConfig(StrictModel):
     samples: int = Field(4, ge=0, description="val images drawn in the picture grid")
 
 
+# Model keys that only the segmentation head reads, and keys only classification reads.
+SEGMENTATION_MODEL_KEYS = ("arch", "output_stride", "aspp_channels", "aspp_rates", "decoder_channels",
+                           "low_level_channels", "dropout")
+CLASSIFICATION_MODEL_KEYS = ("stem",)
+
+
 class PipelineConfig(StrictModel):
+    # What the pipeline trains and measures: per-pixel masks (mIoU) or one label per image (top-1/top-5).
+    task: Literal["segmentation", "classification"] = "segmentation"
     run: RunConfig = RunConfig()
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
@@ -259,6 +273,23 @@ class PipelineConfig(StrictModel):
     report: ReportConfig = ReportConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _task_fits_data_and_models(self) -> "PipelineConfig":
+        from pipeline.data import dataset_task  # late: pipeline.data imports this module
+
+        data_task = dataset_task(self.data.dataset)
+        if data_task != self.task:
+            raise ValueError(f"data.dataset '{self.data.dataset}' is a {data_task} dataset but task is "
+                             f"'{self.task}'; set task: {data_task} or choose a {self.task} dataset")
+        foreign = SEGMENTATION_MODEL_KEYS if self.task == "classification" else CLASSIFICATION_MODEL_KEYS
+        for role, model in (("teacher", self.teacher.model), ("student", self.student.model)):
+            # Compared with the defaults (not fields_set) so a dumped, fully resolved config reloads.
+            wrong = [k for k in foreign if getattr(model, k) != ModelConfig.model_fields[k].default]
+            if wrong:
+                raise ValueError(f"{role}.model.{wrong[0]} does not apply to task '{self.task}'; remove "
+                                 f"{', '.join(f'{role}.model.{k}' for k in wrong)}")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML/JSON-able dict with the user-facing key names."""

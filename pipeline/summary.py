@@ -8,6 +8,19 @@ from typing import Any
 LEGACY_BACKEND_ALIASES = {"pytorch": "pytorch-fp32", "onnxruntime": "onnxruntime-fp32"}
 MODEL_ROWS = (("teacher", "teacher"), ("student_baseline", "student (baseline, CE only)"),
               ("student", "student (distilled)"))
+# Per task: (headline metric, its column, second metric, its column). Tables show the first task
+# whose headline metric the run's models report, so they need only metrics.json, not the config.
+TASK_COLUMNS = (("miou", "val mIoU %", "pixel_accuracy", "pixel acc %"),
+                ("top1", "val top-1 %", "top5", "top-5 %"))
+
+
+def task_columns(metrics: dict[str, Any]) -> tuple[str, str, str, str]:
+    """The metric keys and column names of the task this run's metrics come from."""
+    models = [metrics.get(key) or {} for key, _ in MODEL_ROWS] + list(metrics.get("backends", {}).values())
+    for columns in TASK_COLUMNS:
+        if any(columns[0] in model for model in models):
+            return columns
+    return TASK_COLUMNS[0]
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
@@ -25,27 +38,28 @@ def _cell(value: Any) -> str:
 
 
 def models_table(metrics: dict[str, Any]) -> str:
+    metric, metric_column, second, second_column = task_columns(metrics)
     rows = []
     for key, label in MODEL_ROWS:
         model = metrics.get(key)
-        if model and "miou" in model:
-            rows.append([label, model.get("params"), model["miou"], model.get("pixel_accuracy"),
-                         model.get("seconds_per_step")])
-    return markdown_table(["model", "params", "val mIoU %", "pixel acc %", "s/step"], rows)
+        if model and metric in model:
+            rows.append([label, model.get("params"), model[metric], model.get(second), model.get("seconds_per_step")])
+    return markdown_table(["model", "params", metric_column, second_column, "s/step"], rows)
 
 
 def backends_table(metrics: dict[str, Any]) -> str:
+    metric, metric_column, _, _ = task_columns(metrics)
     rows = []
     backends = metrics.get("backends", {})
     for name, backend in backends.items():
         if name in LEGACY_BACKEND_ALIASES and LEGACY_BACKEND_ALIASES[name] in backends:
             continue  # the same entry is shown under its <backend>-<precision> key
         latency = backend.get("latency_ms", {})
-        rows.append([name, backend.get("status"), backend.get("precision"), backend.get("miou"),
-                     backend.get("miou_delta"), backend.get("max_abs_diff"), latency.get("p50"),
+        rows.append([name, backend.get("status"), backend.get("precision"), backend.get(metric),
+                     backend.get(f"{metric}_delta"), backend.get("max_abs_diff"), latency.get("p50"),
                      latency.get("p99"), latency.get("throughput")])
-    return markdown_table(["backend", "status", "precision", "mIoU %", "delta", "max|diff|", "p50 ms", "p99 ms",
-                           "img/s"], rows)
+    return markdown_table(["backend", "status", "precision", metric_column.removeprefix("val "), "delta", "max|diff|",
+                           "p50 ms", "p99 ms", "img/s"], rows)
 
 
 def stages_table(metrics: dict[str, Any]) -> str:
@@ -54,9 +68,10 @@ def stages_table(metrics: dict[str, Any]) -> str:
 
 
 def gap_closure(metrics: dict[str, Any]) -> float | None:
-    """(student - baseline) / (teacher - baseline), in percent; None when undefined."""
+    """(student - baseline) / (teacher - baseline) of the task's metric, in percent; None when undefined."""
+    metric = task_columns(metrics)[0]
     try:
-        teacher, baseline, student = (metrics[k]["miou"] for k in ("teacher", "student_baseline", "student"))
+        teacher, baseline, student = (metrics[k][metric] for k in ("teacher", "student_baseline", "student"))
     except KeyError:
         return None
     gap = teacher - baseline

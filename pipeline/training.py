@@ -32,10 +32,12 @@ from pipeline.config import TrainConfig
 from pipeline.data.transforms import reseed_augmentation, seed_worker
 from pipeline.environment import seed_everything
 from pipeline.metrics import ConfusionMatrix
+from pipeline.tasks.base import Evaluator
+from pipeline.tasks.segmentation import SegmentationEvaluator
 
 
 class SupervisedTask(nn.Module):
-    """Plain cross-entropy training of one segmentation model."""
+    """Plain cross-entropy training of one model (per pixel or per image: F.cross_entropy takes both)."""
 
     def __init__(self, model: nn.Module, ignore_index: int = 255) -> None:
         super().__init__()
@@ -122,42 +124,49 @@ class TrainingRuntime:
 
 @dataclass
 class Evaluation:
-    matrix: ConfusionMatrix
-    loss: float  # mean cross-entropy per labelled val pixel: moves even while mIoU has not yet
+    evaluator: Evaluator  # the task's figures (mIoU / top-1 ...)
+    loss: float  # mean cross-entropy per labelled val pixel or image: moves even while mIoU has not yet
+
+    @property
+    def matrix(self) -> ConfusionMatrix:
+        """Segmentation's confusion matrix."""
+        return self.evaluator.matrix
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device, ignore_index: int = 255,
+    model: nn.Module, loader: DataLoader, evaluator: Evaluator, device: torch.device,
     runtime: TrainingRuntime | None = None,
 ) -> Evaluation:
-    """Confusion matrix and val loss of ``model`` on ``loader``; under torchrun each rank scores its
-    share and the counts are summed over ranks, so every rank returns the whole split's figures."""
+    """``evaluator`` filled with ``model``'s val predictions, and the val loss; under torchrun each
+    rank scores its share and the counts are summed over ranks, so every rank returns the whole
+    split's figures."""
     runtime = runtime or TrainingRuntime()
     was_training = model.training
     model.eval()
-    matrix = ConfusionMatrix(num_classes, ignore_index)
-    loss_sum, pixels = 0.0, 0
+    loss_sum, labelled = 0.0, 0
+    ignore_index = evaluator.ignore_index
     for images, targets in distributed_shard(loader):
         with runtime.autocast(device):
-            logits = model(runtime.images(images, device))
+            logits = model(runtime.images(images, device)).float()
         on_device = targets.to(device)
-        loss_sum += F.cross_entropy(logits.float(), on_device, ignore_index=ignore_index, reduction="sum").item()
-        pixels += int((on_device != ignore_index).sum())
-        matrix.update(logits.argmax(1).cpu(), targets)
+        loss_sum += F.cross_entropy(logits, on_device, ignore_index=ignore_index, reduction="sum").item()
+        labelled += int((on_device != ignore_index).sum())
+        evaluator.update(logits.cpu(), targets)
     model.train(was_training)
     if distributed.world_size() > 1:
         collective = _collective_device(device)
-        matrix = ConfusionMatrix.from_counts(distributed.all_reduce_sum(matrix.matrix, collective), ignore_index)
-        loss_sum, pixels = distributed.all_reduce_sum(np.array([loss_sum, pixels], dtype=np.float64), collective)
-    return Evaluation(matrix, float(loss_sum) / max(float(pixels), 1.0))
+        evaluator.reduce(lambda counts: distributed.all_reduce_sum(counts, collective))
+        loss_sum, labelled = distributed.all_reduce_sum(np.array([loss_sum, labelled], dtype=np.float64), collective)
+    return Evaluation(evaluator, float(loss_sum) / max(float(labelled), 1.0))
 
 
 def evaluate_segmentation(
     model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device, ignore_index: int = 255,
     runtime: TrainingRuntime | None = None,
 ) -> ConfusionMatrix:
-    return evaluate(model, loader, num_classes, device, ignore_index, runtime).matrix
+    return evaluate(model, loader, SegmentationEvaluator.for_classes(num_classes, ignore_index), device,
+                    runtime).matrix
 
 
 def distributed_shard(loader: DataLoader) -> DataLoader:
@@ -209,6 +218,7 @@ def train(
     workers: int = 0,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     runtime: TrainingRuntime | None = None,
+    make_evaluator: Callable[[], Evaluator] | None = None,
 ) -> TrainResult:
     """Train ``task`` for ``cfg.epochs``, evaluating ``task.deployable`` on val after each epoch.
 
@@ -290,21 +300,21 @@ def train(
         result.seconds += epoch_seconds
         means = _mean_over_ranks(sums, steps_per_epoch, device)
         distributed.broadcast_buffers(task)  # evaluate rank 0's BN statistics (the ones it saves) everywhere
-        evaluation = evaluate(task.deployable, val_loader, num_classes, device, runtime=runtime)
+        evaluation = evaluate(task.deployable, val_loader, make_evaluator(), device, runtime=runtime)
         result.final_evaluation = evaluation
-        matrix = evaluation.matrix
+        figures = evaluation.evaluator.scalars()
         row = {
             "epoch": epoch + 1,
             **means,
             "val_loss": evaluation.loss,
-            "val_miou": matrix.miou(),
-            "val_pixel_accuracy": matrix.pixel_accuracy(),
+            **{f"val_{name}": value for name, value in figures.items()},
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": epoch_seconds,
             "images_per_second": steps_per_epoch * cfg.batch_size / max(epoch_seconds, 1e-9),
         }
         result.history.append(row)
-        _say(main, f"[{desc}] epoch {epoch + 1}/{cfg.epochs} loss {row['loss']:.4f} val mIoU {row['val_miou']:.2f} "
+        headline, value = next(iter(figures.items()))
+        _say(main, f"[{desc}] epoch {epoch + 1}/{cfg.epochs} loss {row['loss']:.4f} val {headline} {value:.2f} "
                    f"({epoch_seconds:.1f} s, {row['images_per_second']:.1f} images/s)")
         if main:
             atomic_torch_save(

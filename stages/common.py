@@ -11,17 +11,18 @@ from pipeline.artifacts import atomic_json_lines, atomic_torch_save
 from pipeline.builders import data_splits, val_loader
 from pipeline.config import PipelineConfig, TrainConfig
 from pipeline.environment import configure_torch, seed_everything
-from pipeline.metrics import ConfusionMatrix
 from pipeline.models import count_parameters
 from pipeline.stage import StageContext, StageResult
 from pipeline import distributed
-from pipeline.training import SupervisedTask, TrainingRuntime, evaluate, evaluate_segmentation, train
+from pipeline.tasks import get_task
+from pipeline.tasks.segmentation import segmentation_summary  # noqa: F401 - re-exported for stages
+from pipeline.training import SupervisedTask, TrainingRuntime, evaluate, train
 
 # Modules whose source is part of every training stage's fingerprint.
 TRAINING_CODE = ("pipeline.training", "pipeline.models", "pipeline.data", "pipeline.builders", "pipeline.distill",
-                 "pipeline.distributed")
+                 "pipeline.distributed", "pipeline.tasks")
 # Settings that change what is learnt (channels_last / compile / loader settings only change speed).
-TRAINING_KEYS = ("run.seed", "run.deterministic", "run.amp", "run.sync_batchnorm", "data")
+TRAINING_KEYS = ("task", "run.seed", "run.deterministic", "run.amp", "run.sync_batchnorm", "data")
 
 
 def training_runtime(config: PipelineConfig) -> TrainingRuntime:
@@ -36,18 +37,6 @@ def training_device(config: PipelineConfig) -> torch.device:
     if device.type == "cuda" and distributed.world_size() > 1:
         return torch.device("cuda", distributed.local_rank())
     return device
-
-
-def segmentation_summary(matrix: ConfusionMatrix, class_names: tuple[str, ...]) -> dict[str, Any]:
-    return {
-        "miou": round(matrix.miou(), 4),
-        "pixel_accuracy": round(matrix.pixel_accuracy(), 4),
-        "per_class_iou": {name: _round(iou) for name, iou in zip(class_names, matrix.per_class_iou())},
-    }
-
-
-def _round(value: float) -> float | None:
-    return None if value != value else round(float(value) * 100, 4)  # NaN -> None (class absent)
 
 
 def training_seed(config: PipelineConfig, train_cfg: TrainConfig) -> int:
@@ -97,25 +86,27 @@ def run_training(ctx: StageContext, task: nn.Module, train_cfg: TrainConfig, rol
     seed_everything(seed)
     info, train_set, val_set = data_splits(config)
     loader = val_loader(config, val_set)
+    kind = get_task(config.task)
     board = tensorboard_writer(ctx, desc) if distributed.is_main() else None
     try:
         result = train(task, train_set, loader, train_cfg, num_classes=info.num_classes, device=device,
                        seed=seed, checkpoint=ctx.dir / "checkpoint.pt", fingerprint=ctx.fingerprint,
-                       desc=desc, runtime=runtime, on_epoch=board.log if board else None)
+                       desc=desc, runtime=runtime, on_epoch=board.log if board else None,
+                       make_evaluator=lambda: kind.evaluator(info))
     finally:
         if board:
             board.close()
     model = task.deployable
     evaluation = result.final_evaluation  # None only when resuming after the last epoch was already trained
     if evaluation is None:
-        evaluation = evaluate(model, loader, info.num_classes, device, info.ignore_index, runtime)
+        evaluation = evaluate(model, loader, kind.evaluator(info), device, runtime)
     # A plain model ships as is; a Distiller is saved whole (heads included): stripping is its own stage.
     saved, weights_name = (model, "model.pt") if isinstance(task, SupervisedTask) else (task, "distiller.pt")
     if distributed.is_main():
         atomic_torch_save({k: v.cpu() for k, v in saved.state_dict().items()}, ctx.dir / weights_name)
         atomic_json_lines(ctx.dir / "history.jsonl", result.history)
         (ctx.dir / "checkpoint.pt").unlink(missing_ok=True)  # finished: the resume point is no longer needed
-    summary = segmentation_summary(evaluation.matrix, info.class_names)
+    summary = evaluation.evaluator.summary()
     summary.update({
         "val_loss": round(evaluation.loss, 6),
         "params": count_parameters(model),

@@ -19,6 +19,7 @@ from pipeline.data import dataset_info
 from pipeline.environment import git_sha
 from pipeline.export import export_onnx, simplify_onnx
 from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.tasks import get_task
 
 log = logging.getLogger(__name__)
 ONNX_NAME = "student.onnx"
@@ -69,19 +70,20 @@ def simplify_if_equivalent(path: Path, image_size: int, atol: float) -> dict[str
 def run(ctx: StageContext) -> StageResult:
     config = ctx.config
     info = dataset_info(config.data)
+    task = get_task(config.task)
     student = load_weights(build_student(config), ctx.input_path("strip", "student")).eval()
     size = config.data.image_size
     metadata = {
-        "task": "segmentation",
+        "task": task.name,
         "class_names": json.dumps(list(info.class_names)),
         "num_classes": str(info.num_classes),
         "input_size": json.dumps([size, size]),
         "input_layout": "NCHW float32, RGB in [0,1] normalised by mean/std",
         "mean": json.dumps(list(info.mean)),
         "std": json.dumps(list(info.std)),
-        "ignore_index": str(info.ignore_index),
+        **task.export_metadata(info),
         "precision": "fp32",
-        "student": json.dumps(config.student.model.model_dump(mode="json")),
+        "student": json.dumps(task.describe_model(config.student.model)),
         "distill_methods": json.dumps([spec.model_dump() for spec in config.distill.methods]),
         "git_sha": git_sha() or "unknown",
         "run_name": config.run.name,
@@ -104,7 +106,8 @@ STAGE = Stage(
     name="export_onnx",
     run=run,
     inputs=("strip", "distill_student", "train_teacher", "train_student_baseline"),
-    config_keys=("export", "validate.atol", "student.model", "distill.methods", "data.image_size", "data.dataset"),
-    code=("pipeline.export", "pipeline.models", "pipeline.builders"),
+    config_keys=("task", "export", "validate.atol", "student.model", "distill.methods", "data.image_size",
+                 "data.dataset"),
+    code=("pipeline.export", "pipeline.models", "pipeline.builders", "pipeline.tasks"),
     description="export the student to ONNX (dynamic shapes, checked, optionally simplified, with metadata)",
 )

@@ -53,9 +53,9 @@ def per_class_table(metrics: dict[str, Any]) -> str:
     return markdown_table(["class", *columns], rows)
 
 
-def latency_points(metrics: dict[str, Any]) -> dict[str, tuple[float, float]]:
-    return {name: (entry["latency_ms"]["p50"], entry["miou"]) for name, entry in gated_backends(metrics).items()
-            if entry.get("latency_ms", {}).get("p50") is not None and entry.get("miou") is not None}
+def latency_points(metrics: dict[str, Any], metric: str = "miou") -> dict[str, tuple[float, float]]:
+    return {name: (entry["latency_ms"]["p50"], entry[metric]) for name, entry in gated_backends(metrics).items()
+            if entry.get("latency_ms", {}).get("p50") is not None and entry.get(metric) is not None}
 
 
 def stage_timings(ctx: StageContext) -> str:
@@ -76,7 +76,7 @@ def histories(ctx: StageContext) -> dict[str, list[dict[str, Any]]]:
 
 def picture_grid(ctx: StageContext) -> bytes | None:
     config = ctx.config
-    if config.report.samples == 0:
+    if config.report.samples == 0 or config.task != "segmentation":  # the grid draws masks
         return None
     info = dataset_info(config.data)
     images, truth = val_samples(config.data, config.report.samples)
@@ -125,7 +125,7 @@ def run(ctx: StageContext) -> StageResult:
         ("Models (val split)", models_table(metrics), closure_text),
         ("Exported student by backend", backends_table(metrics), ""),
         ("Stage timings", stage_timings(ctx), ""),
-        ("Per-class IoU (%)", per_class_table(metrics), ""),
+        *([("Per-class IoU (%)", per_class_table(metrics), "")] if ctx.config.task == "segmentation" else []),
         ("Strip proof", markdown_table(["check", "value"], [[k, v] for k, v in metrics.get("strip", {}).items()]), ""),
     ]
     figure_titles = {"training_curves": "Training curves", "per_class_iou": "Per-class IoU",

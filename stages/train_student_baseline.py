@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pipeline.builders import build_student
+from pipeline.data import dataset_info
 from pipeline.stage import Stage, StageContext, StageResult
 from pipeline.training import SupervisedTask
 from stages.common import TRAINING_CODE, TRAINING_KEYS, run_training, seed_model_init
@@ -11,7 +12,8 @@ from stages.common import TRAINING_CODE, TRAINING_KEYS, run_training, seed_model
 def run(ctx: StageContext) -> StageResult:
     seed_model_init(ctx.config, ctx.config.student.train)
     student = build_student(ctx.config, with_methods=False)
-    return run_training(ctx, SupervisedTask(student), ctx.config.student.train, "student_baseline", "baseline")
+    task = SupervisedTask(student, ignore_index=dataset_info(ctx.config.data).ignore_index)
+    return run_training(ctx, task, ctx.config.student.train, "student_baseline", "baseline")
 
 
 STAGE = Stage(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pipeline.builders import build_teacher
+from pipeline.data import dataset_info
 from pipeline.stage import Stage, StageContext, StageResult
 from pipeline.training import SupervisedTask
 from stages.common import TRAINING_CODE, TRAINING_KEYS, run_training, seed_model_init
@@ -11,7 +12,8 @@ from stages.common import TRAINING_CODE, TRAINING_KEYS, run_training, seed_model
 def run(ctx: StageContext) -> StageResult:
     seed_model_init(ctx.config, ctx.config.teacher.train)
     teacher = build_teacher(ctx.config)
-    return run_training(ctx, SupervisedTask(teacher), ctx.config.teacher.train, "teacher", "teacher")
+    task = SupervisedTask(teacher, ignore_index=dataset_info(ctx.config.data).ignore_index)
+    return run_training(ctx, task, ctx.config.teacher.train, "teacher", "teacher")
 
 
 STAGE = Stage(

@@ -2,9 +2,10 @@
 
 Tensors: max abs / rel logit difference on fixed inputs saved beside the results (the first
 ``validate.parity_images`` val images); for FP32 back ends also at three input sides and two
-batch sizes of the one dynamic model. Task: mIoU on the val split with a one-sided tolerance per
-precision (``miou_tolerance`` FP32, ``fp16_miou_tolerance``, ``int8_miou_tolerance``). Backends
-that cannot run here are recorded as ``skipped`` (reason + install command) or ``export failed``.
+batch sizes of the one dynamic model. Task: the task's metric (mIoU, or top-1 for classification)
+on the val split with a one-sided tolerance per precision (``miou_tolerance`` FP32,
+``fp16_miou_tolerance``, ``int8_miou_tolerance``). Backends that cannot run here are recorded as
+``skipped`` (reason + install command) or ``export failed``.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from torch.utils.data import DataLoader, Subset
 
 from pipeline.backends import REFERENCE_KEY, backend_plan, file_size, open_backend, with_legacy_aliases
 from pipeline.config import PipelineConfig
-from pipeline.data import build_dataset, dataset_info, segmentation_collate
+from pipeline.data import build_dataset, dataset_info
 from pipeline.runtime import Predictor
 from pipeline.stage import Stage, StageContext, StageResult
-from pipeline.validation import evaluate_predictor, tensor_parity
-from stages.common import segmentation_summary
+from pipeline.tasks import get_task
+from pipeline.validation import tensor_parity
 from stages.deployables import DEPLOY_INPUTS, run_artifacts, student_factory
 
 
@@ -31,14 +32,14 @@ def val_batches(ctx: StageContext) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     if config.validate_.max_images:
         dataset = Subset(dataset, range(min(config.validate_.max_images, len(dataset))))
     for images, targets in DataLoader(dataset, batch_size=config.validate_.batch_size, shuffle=False,
-                                         collate_fn=segmentation_collate):
+                                      collate_fn=get_task(config.task).collate):
         yield images.numpy(), targets.numpy()
 
 
 def parity_inputs(ctx: StageContext) -> np.ndarray:
     dataset = build_dataset(ctx.config.data, "val")
     count = min(ctx.config.validate_.parity_images, len(dataset))
-    images, _ = segmentation_collate([dataset[i] for i in range(count)])  # real val images differ in size
+    images, _ = get_task(ctx.config.task).collate([dataset[i] for i in range(count)])
     return images.numpy().astype(np.float32)
 
 
@@ -74,6 +75,8 @@ def run(ctx: StageContext) -> StageResult:
     config = ctx.config
     info = dataset_info(config.data)
     artifacts = run_artifacts(ctx)
+    task = get_task(config.task)
+    metric = task.metric
     inputs = parity_inputs(ctx)
     np.save(ctx.dir / "parity_inputs.npy", inputs)
 
@@ -81,12 +84,10 @@ def run(ctx: StageContext) -> StageResult:
     reference = open_backend(plan[0], artifacts).predictor
     assert plan[0].key == REFERENCE_KEY and reference is not None
     reference_logits = reference.predict(inputs)
-    reference_matrix = evaluate_predictor(reference, val_batches(ctx), info.num_classes, info.ignore_index)
-    reference_miou = segmentation_summary(reference_matrix, info.class_names)["miou"]
+    reference_summary = task.evaluate_predictions(reference.predict, val_batches(ctx), info).summary()
     backends: dict[str, Any] = {REFERENCE_KEY: {
         "status": "passed", "backend": "pytorch", "precision": "fp32", "size_bytes": file_size(artifacts["torch"].path),
-        **segmentation_summary(reference_matrix, info.class_names), "miou_delta": 0.0, "max_abs_diff": 0.0,
-        "runtime": reference.describe()}}
+        **reference_summary, f"{metric}_delta": 0.0, "max_abs_diff": 0.0, "runtime": reference.describe()}}
 
     for spec in plan[1:]:
         opened = open_backend(spec, artifacts)
@@ -96,12 +97,11 @@ def run(ctx: StageContext) -> StageResult:
             continue
         predictor = opened.predictor
         parity = tensor_parity(reference_logits, predictor.predict(inputs))
-        summary = segmentation_summary(evaluate_predictor(predictor, val_batches(ctx), info.num_classes,
-                                                          info.ignore_index), info.class_names)
-        miou_delta = summary["miou"] - reference_miou
-        passed = -miou_delta <= miou_tolerance(config, spec.precision)
+        summary = task.evaluate_predictions(predictor.predict, val_batches(ctx), info).summary()
+        delta = summary[metric] - reference_summary[metric]
+        passed = -delta <= miou_tolerance(config, spec.precision)
         entry: dict[str, Any] = {"backend": spec.backend, "precision": spec.precision,
-                                 "size_bytes": file_size(opened.file), **summary, "miou_delta": round(miou_delta, 4),
+                                 "size_bytes": file_size(opened.file), **summary, f"{metric}_delta": round(delta, 4),
                                  **parity, "runtime": predictor.describe()}
         if spec.precision == "fp32":
             # FP32 must match the reference tensor for tensor, at every shape the dynamic model accepts.
@@ -111,8 +111,8 @@ def run(ctx: StageContext) -> StageResult:
             passed = passed and worst <= config.validate_.atol
         entry["status"] = "passed" if passed else "validation failed"
         backends[spec.key] = entry
-        print(f"[validate] {spec.key}: max|diff| {parity['max_abs_diff']:.2e}, mIoU {summary['miou']:.2f} "
-              f"({miou_delta:+.3f} vs PyTorch) -> {entry['status']}")
+        print(f"[validate] {spec.key}: max|diff| {parity['max_abs_diff']:.2e}, {task.metric_label} {summary[metric]:.2f} "
+              f"({delta:+.3f} vs PyTorch) -> {entry['status']}")
     return StageResult(outputs={"parity_inputs": "parity_inputs.npy"},
                        metrics={"backends": with_legacy_aliases(backends)})
 
@@ -121,8 +121,8 @@ STAGE = Stage(
     name="validate",
     run=run,
     inputs=DEPLOY_INPUTS,
-    config_keys=("validate", "data", "student.model", "distill.methods", "export.dynamic"),
+    config_keys=("task", "validate", "data", "student.model", "distill.methods", "export.dynamic"),
     code=("pipeline.validation", "pipeline.runtime", "pipeline.metrics", "pipeline.data", "pipeline.backends",
-          "stages.deployables"),
-    description="parity and mIoU of every backend x precision against PyTorch",
+          "pipeline.tasks", "stages.deployables"),
+    description="parity and task metric (mIoU / top-1) of every backend x precision against PyTorch",
 )

@@ -105,18 +105,113 @@ def _files_identity(cfg: DataConfig) -> dict[str, Any]:
     return identity
 
 
+# ------------------------------------------------------------------------- classification
+# Classification targets are class ids 0..K-1 with no ignore value: -100 is cross-entropy's
+# default and never a class (255 is one of ImageNet's 1000 classes).
+CLASSIFICATION_IGNORE_INDEX = -100
+
+
+def _classification_info(names: tuple[str, ...]) -> DatasetInfo:
+    from pipeline.data.transforms import MEAN, STD
+
+    return DatasetInfo(len(names), names, MEAN, STD, CLASSIFICATION_IGNORE_INDEX)
+
+
+def _synthetic_classification_build(cfg: DataConfig, split: str, augment: bool) -> Dataset:
+    from pipeline.data.classification import classification_eval_transform, classification_train_transform
+    from pipeline.data.synthetic_classification import SyntheticClassification
+
+    size = {"train": cfg.train_size, "val": cfg.val_size}[split]
+    transform = (classification_train_transform(cfg.augment, cfg.image_size, "fixed") if augment
+                 else classification_eval_transform(cfg.image_size, "fixed"))
+    return SyntheticClassification(split, size, cfg.image_size, cfg.seed, transform)
+
+
+def _synthetic_classification_identity(cfg: DataConfig) -> dict[str, Any]:
+    from pipeline.data import synthetic_classification as sc
+
+    return {"generator_version": sc.GENERATOR_VERSION, "classes": list(sc.CLASS_NAMES), "seed": cfg.seed,
+            "image_size": cfg.image_size, "train_size": cfg.train_size, "val_size": cfg.val_size}
+
+
+def _cifar100_build(cfg: DataConfig, split: str, augment: bool) -> Dataset:
+    from pipeline.data.cifar100 import IMAGE_SIZE, Cifar100
+    from pipeline.data.classification import classification_eval_transform, classification_train_transform
+
+    transform = (classification_train_transform(cfg.augment, cfg.image_size, "fixed") if augment
+                 else classification_eval_transform(cfg.image_size, "fixed", stored_size=IMAGE_SIZE))
+    return Cifar100(cfg.root, split, transform)
+
+
+def _cifar100_identity(cfg: DataConfig) -> dict[str, Any]:
+    from pipeline.data.cifar100 import cifar100_folder
+
+    folder = cifar100_folder(cfg.root)
+    return {"root": str(folder.resolve()), "bytes": {n: (folder / n).stat().st_size for n in ("train", "test")},
+            "image_size": cfg.image_size}
+
+
+def _image_folder_build(cfg: DataConfig, split: str, augment: bool) -> Dataset:
+    from pipeline.data.classification import classification_eval_transform, classification_train_transform
+    from pipeline.data.image_folder import ImageFolderClassification
+
+    transform = (classification_train_transform(cfg.augment, cfg.image_size, "imagenet") if augment
+                 else classification_eval_transform(cfg.image_size, "imagenet"))
+    return ImageFolderClassification(cfg.root, split, transform)
+
+
+def _image_folder_identity(cfg: DataConfig) -> dict[str, Any]:
+    from pipeline.data.image_folder import read_class_names
+
+    return {"root": str(cfg.root.resolve()) if cfg.root else None, "classes": list(read_class_names(cfg.root)),
+            "image_size": cfg.image_size}
+
+
+def _cifar100_info(cfg: DataConfig) -> DatasetInfo:
+    from pipeline.data.cifar100 import read_class_names
+
+    return _classification_info(read_class_names(cfg.root))
+
+
+def _image_folder_info(cfg: DataConfig) -> DatasetInfo:
+    from pipeline.data.image_folder import read_class_names
+
+    return _classification_info(read_class_names(cfg.root))
+
+
+def _synthetic_classification_info(cfg: DataConfig) -> DatasetInfo:
+    from pipeline.data.synthetic_classification import CLASS_NAMES
+
+    return _classification_info(CLASS_NAMES)
+
+
 @dataclass(frozen=True)
 class _Entry:
     info: Callable[[DataConfig], DatasetInfo]
     build: Callable[[DataConfig, str, bool], Dataset]
     # Everything that defines the data (not augmentation or loader settings).
     identity: Callable[[DataConfig], dict[str, Any]]
+    task: Literal["segmentation", "classification"] = "segmentation"
 
 
 DATASETS: dict[str, _Entry] = {
     "synthetic": _Entry(_synthetic_info, _synthetic_build, _synthetic_identity),
     **{name: _Entry(_files_info, _files_build, _files_identity) for name in _READERS},
 }
+DATASETS.update({
+    "synthetic_classification": _Entry(_synthetic_classification_info, _synthetic_classification_build,
+                                       _synthetic_classification_identity, task="classification"),
+    "cifar100": _Entry(_cifar100_info, _cifar100_build, _cifar100_identity, task="classification"),
+    "image_folder": _Entry(_image_folder_info, _image_folder_build, _image_folder_identity, task="classification"),
+})
+
+
+def dataset_task(name: str) -> str:
+    """"segmentation" or "classification": what the dataset's targets are."""
+    entry = DATASETS.get(name)
+    if entry is None:
+        raise ValueError(f"unknown dataset {name!r}; valid datasets are {sorted(DATASETS)}")
+    return entry.task
 
 
 def _entry(cfg: DataConfig) -> _Entry:
@@ -160,4 +255,4 @@ def segmentation_collate(batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Te
 
 
 __all__ = ["DATASETS", "DatasetInfo", "build_dataset", "dataset_fingerprint", "dataset_info",
-           "segmentation_collate", "split_name"]
+           "dataset_task", "segmentation_collate", "split_name"]

@@ -205,11 +205,13 @@ def _texture(kind: int, rng: np.random.Generator, size: int):
 
 
 # ------------------------------------------------------------------------------- objects
-def _draw_object(cv: _Canvas, cls: int) -> None:
+def _draw_object(
+    cv: _Canvas, cls: int, size_range: tuple[float, float] = (0.3, 0.7), centre_range: tuple[float, float] = (0.2, 0.8)
+) -> None:
     rng, n = cv.rng, cv.n
-    side = n * rng.uniform(0.3, 0.7)  # disc diameter / square side / triangle extent
+    side = n * rng.uniform(*size_range)  # disc diameter / square side / triangle extent, over image side
     half = side / 2.0
-    cy, cx = rng.uniform(0.2 * n, 0.8 * n, 2)
+    cy, cx = rng.uniform(centre_range[0] * n, centre_range[1] * n, 2)
     gap = max(1.0, 0.12 * half)
     width = max(1.5, 0.15 * half)
     name = CLASS_NAMES[cls]
@@ -295,8 +297,11 @@ def render_sample(seed: int, split: str, index: int, image_size: int) -> tuple[n
         _draw_object(cv, int(cls))
     for _ in range(n_clutter - n_behind):
         _draw_clutter(cv)
+    return finish_image(cv.image, rng, image_size), cv.label
 
-    image = cv.image
+
+def finish_image(image: np.ndarray, rng: np.random.Generator, image_size: int) -> np.ndarray:
+    """Float canvas -> uint8 photo: illumination ramp, gaussian noise, clipping."""
     # Illumination: a random linear gain across the image, then per-channel gaussian noise.
     gain = rng.uniform(-0.25, 0.25)
     phi = rng.uniform(0, _TAU)
@@ -305,7 +310,7 @@ def render_sample(seed: int, split: str, index: int, image_size: int) -> tuple[n
     image = image * ramp[..., None]
     sigma = rng.uniform(2.0, 8.0)
     image = image + rng.normal(0.0, sigma, image.shape).astype(np.float32)
-    return np.clip(image, 0, 255).astype(np.uint8), cv.label
+    return np.clip(image, 0, 255).astype(np.uint8)
 
 
 # ------------------------------------------------------------------------------- dataset

@@ -1,0 +1,109 @@
+"""The embedded classification dataset: one dominant object per image, whose class needs shape,
+texture, surroundings or the arrangement of its parts.
+
+It reuses the segmentation dataset's renderer (:mod:`pipeline.data.synthetic`), so its classes
+share the same traps: the same texture on different shapes (striped disc / square / triangle),
+the same shape with different textures (striped / dotted / checkered disc), classes made by an
+object's surroundings (a disc inside a ring, a square inside a frame) and by the arrangement of
+parts (a marker above or below a square). Background clutter shares every local cue with the
+objects and may occlude them; colours, scale, illumination and noise are random. Labels are
+balanced: sample ``i`` has class ``i % num_classes``; everything else comes from
+``(seed, split, index)``, so the same key always renders the same bytes and nothing is stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pipeline.data import synthetic
+
+# Bump whenever the rendering changes: it is part of the dataset fingerprint.
+GENERATOR_VERSION = 1
+# The segmentation dataset's object classes; "background" is not an image class.
+CLASS_NAMES: tuple[str, ...] = synthetic.CLASS_NAMES[1:]
+_STREAM = 0xC1A55  # keeps these images independent of the segmentation images of the same seed
+
+
+def _rng(seed: int, split: str, index: int) -> np.random.Generator:
+    if split not in synthetic.SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits are {sorted(synthetic.SPLITS)}")
+    if index < 0:
+        raise ValueError(f"sample index must be >= 0, got {index}")
+    entropy = [int(seed) & 0xFFFF_FFFF_FFFF_FFFF, synthetic.SPLITS[split], int(index), _STREAM]
+    return np.random.default_rng(np.random.SeedSequence(entropy))
+
+
+def render_classification_sample(seed: int, split: str, index: int, image_size: int) -> tuple[np.ndarray, int]:
+    """Render one sample: (uint8 HxWx3 image, class id). Pure function of its arguments."""
+    if image_size < 16:
+        raise ValueError(f"image_size must be >= 16, got {image_size}")
+    label = index % len(CLASS_NAMES)
+    rng = _rng(seed, split, index)
+    canvas = synthetic._Canvas(image_size, rng)
+    n_clutter = int(rng.integers(1, 5))
+    n_behind = int(rng.binomial(n_clutter, 0.8))  # most clutter is behind the object; some occludes it
+    for _ in range(n_behind):
+        synthetic._draw_clutter(canvas)
+    # + 1: segmentation ids count background as 0. Larger and more central than in segmentation:
+    # the object dominates and its ring, frame or marker stays inside the image.
+    synthetic._draw_object(canvas, label + 1, size_range=(0.3, 0.5), centre_range=(0.38, 0.62))
+    for _ in range(n_clutter - n_behind):
+        synthetic._draw_clutter(canvas)
+    return synthetic.finish_image(canvas.image, rng, image_size), label
+
+
+class SyntheticClassification(Dataset):
+    """``size`` samples of one split as (float CHW image tensor, int64 label), cached after rendering.
+
+    ``transform`` is albumentations-style, called as ``transform(image=uint8 HxWx3)`` and returning
+    ``{"image": CHW tensor}``; ``None`` means the evaluation transform (normalise + to tensor).
+    """
+
+    def __init__(
+        self,
+        split: Literal["train", "val"],
+        size: int,
+        image_size: int,
+        seed: int,
+        transform: Callable | None = None,
+    ) -> None:
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        if transform is None:
+            from pipeline.data.transforms import eval_transform
+
+            transform = eval_transform()
+        self.split = split
+        self.size = size
+        self.image_size = image_size
+        self.seed = seed
+        self.transform = transform
+        self.classes = CLASS_NAMES
+        self._cache: list[tuple[np.ndarray, int] | None] = [None] * size
+        _rng(seed, split, 0)  # validates the split now rather than at the first sample
+
+    def __len__(self) -> int:
+        return self.size
+
+    def raw(self, i: int) -> tuple[np.ndarray, int]:
+        """The untransformed sample: (uint8 HxWx3 image, class id)."""
+        if not -self.size <= i < self.size:
+            raise IndexError(f"index {i} out of range for {self.size} samples")
+        i %= self.size
+        sample = self._cache[i]
+        if sample is None:
+            sample = self._cache[i] = render_classification_sample(self.seed, self.split, i, self.image_size)
+        return sample
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, label = self.raw(i)
+        return self.transform(image=image)["image"].float(), torch.tensor(label, dtype=torch.long)
+
+    def __repr__(self) -> str:
+        return (f"SyntheticClassification(split={self.split!r}, size={self.size}, image_size={self.image_size}, "
+                f"seed={self.seed}, classes={len(CLASS_NAMES)})")

@@ -1,5 +1,4 @@
-"""Command line: parse, call, print. ``python -m pipeline run|status|methods|sweep ...``"""
-"""Command line: parse, call, print. ``python -m pipeline run|status|methods|gate ...``"""
+"""Command line: parse, call, print. ``python -m pipeline run|status|methods|sweep|bench|gate ...``"""
 
 from __future__ import annotations
 
@@ -9,6 +8,7 @@ from pathlib import Path
 
 from pipeline.config import ConfigError, PipelineConfig, load_config
 from pipeline.data.files import DatasetLayoutError
+from pipeline.gate import GateError
 from pipeline.runner import PipelineError, Runner
 from pipeline.summary import backends_table, gap_closure, models_table
 

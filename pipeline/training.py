@@ -225,8 +225,13 @@ def train(
     ``cfg.batch_size`` is the global batch: under torchrun each of the N ranks loads 1/N of it, and
     the batches of one step together are exactly the batch a single process would load (one
     shared permutation per epoch), so N processes follow a single process's run. Rank 0 alone
-    prints and checkpoints.
+    prints and checkpoints. ``make_evaluator()`` gives the task's val figures, logged as
+    ``val_<name>`` (the first one is printed); by default segmentation mIoU and pixel accuracy.
     """
+    if make_evaluator is None:
+        def make_evaluator() -> Evaluator:
+            return SegmentationEvaluator.for_classes(num_classes)
+
     runtime = runtime or TrainingRuntime(workers=workers)
     main = distributed.is_main()
     step_module = prepare_for_devices(task, device, runtime, desc)

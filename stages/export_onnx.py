@@ -29,11 +29,12 @@ METRIC_SOURCES = (("train_teacher", "teacher"), ("train_student_baseline", "stud
 
 
 def run_metrics(ctx: StageContext) -> dict[str, Any]:
-    """The run's headline figures known at export time (mIoU of each model, student params)."""
+    """The run's headline figures known at export time (the task metric of each model, student params)."""
+    metric = get_task(ctx.config.task).metric
     found: dict[str, Any] = {}
     for stage, key in METRIC_SOURCES:
         if ctx.has_input(stage) and key in ctx.input_metrics(stage):
-            found[f"{key}_miou"] = ctx.input_metrics(stage)[key].get("miou")
+            found[f"{key}_{metric}"] = ctx.input_metrics(stage)[key].get(metric)
     if ctx.has_input("strip"):
         found["student_params"] = ctx.input_metrics("strip").get("strip", {}).get("student_params")
     return found
@@ -89,7 +90,8 @@ def run(ctx: StageContext) -> StageResult:
         "run_name": config.run.name,
         "metrics": json.dumps(run_metrics(ctx)),
     }
-    path = export_onnx(student, ctx.dir / ONNX_NAME, example_shape=(2 if config.export.dynamic else 1, 3, size, size), opset=config.export.opset,
+    example_shape = (2 if config.export.dynamic else 1, 3, size, size)
+    path = export_onnx(student, ctx.dir / ONNX_NAME, example_shape=example_shape, opset=config.export.opset,
                        dynamic=config.export.dynamic, argmax=config.export.argmax, metadata=metadata)
     export_metrics: dict[str, Any] = {"opset": config.export.opset, "dynamic": config.export.dynamic,
                                       "argmax": config.export.argmax}

@@ -101,5 +101,10 @@ def val_loader(config: PipelineConfig, val_set: Dataset, batch_size: int | None 
 
 def check_distillation(config: PipelineConfig) -> None:
     """Build the models and methods once (random weights) so impossible distillation settings are
-    a ConfigError before any stage trains; costs about a second."""
-    build_distiller(config, build_teacher(config), build_student(config))
+    a ConfigError before any stage trains; costs about a second. Pretrained weights are not
+    loaded: shapes do not depend on them, and a missing file is the training stage's error."""
+    unweighted = config.model_copy(update={
+        role: getattr(config, role).model_copy(update={
+            "model": getattr(config, role).model.model_copy(update={"pretrained": None})})
+        for role in ("teacher", "student")})
+    build_distiller(unweighted, build_teacher(unweighted), build_student(unweighted))

@@ -90,13 +90,18 @@ def deeplab(backbone: str) -> nn.Module:
                                     VOC_CLASSES)
 
 
-def tat_distiller(teacher: nn.Module, student: nn.Module) -> nn.Module:
-    """Teacher + student + TaT patch/anchor heads at the paper's VOC ResNet18 settings."""
+def tat_distiller(teacher: nn.Module, student: nn.Module, image_size: int) -> nn.Module:
+    """Teacher + student + TaT patch/anchor heads at the paper's VOC ResNet18 settings (16x16
+    patches in 64 groups, 32x32 anchors), capped by the decoder feature's side for tiny inputs."""
     from pipeline.config import MethodSpec
     from pipeline.distill import Distiller, build_method, feature_info
+    from pipeline.distill.methods.tat import feature_side
 
-    specs = [MethodSpec(name="tat_patch", weight=0.1, patches=[16, 16], groups=64),
-             MethodSpec(name="tat_anchor", weight=0.04, anchors=[32, 32])]
+    side = feature_side(feature_info(student), "decoder", image_size)
+    patches = min(16, side)
+    specs = [MethodSpec(name="tat_patch", weight=0.1, patches=[patches, patches],
+                        groups=64 if patches == 16 else patches * patches),
+             MethodSpec(name="tat_anchor", weight=0.04, anchors=[min(32, side)] * 2)]
     methods = [(spec.weight, build_method(spec, feature_info(student), feature_info(teacher))) for spec in specs]
     return Distiller(student, teacher, methods, teacher_mode="train")
 
@@ -138,7 +143,7 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
                                               "seconds_per_step": round(seconds, 4), "peak_gpu_memory_mb": memory}
     del teacher
     try:
-        distiller = tat_distiller(deeplab("resnet101"), deeplab("resnet18"))
+        distiller = tat_distiller(deeplab("resnet101"), deeplab("resnet18"), args.size)
     except ValueError as exc:  # the TaT methods are not in this checkout yet
         figures["results"]["tat_distillation"] = {"status": f"skipped: {exc}"}
     else:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import math
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import Tensor, nn
 
 from pipeline.distill.base import DistillMethod, FeatureInfo, MethodOptions

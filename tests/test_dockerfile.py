@@ -1,0 +1,50 @@
+"""The Dockerfile cannot be built here (no Docker engine): check what can be checked without one,
+that it copies everything the package needs, installs the way `make install` does, and runs the
+README's command."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+
+
+def instructions(keyword: str) -> list[str]:
+    """The arguments of every ``keyword`` instruction, continuation lines joined."""
+    joined = re.sub(r"\\\n", " ", DOCKERFILE)
+    return [line.split(None, 1)[1] for line in joined.splitlines() if line.split(None, 1)[:1] == [keyword]]
+
+
+def test_every_package_and_file_the_install_needs_is_copied_and_exists():
+    copied = set()
+    for args in instructions("COPY"):
+        *sources, _destination = shlex.split(args)
+        copied.update(sources)
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    top_level = {pattern.split(".")[0].rstrip("*") for pattern in packages}
+    assert top_level <= copied, f"packages not copied into the image: {top_level - copied}"
+    assert {"pyproject.toml", "Makefile", "configs"} <= copied
+    for source in copied:
+        assert (ROOT / source).exists(), f"COPY {source}: no such path in the repository"
+
+
+def test_the_image_installs_like_make_install_and_marks_it_done():
+    run = " ".join(instructions("RUN"))
+    makefile = (ROOT / "Makefile").read_text()
+    assert "pip install -e '.[dev]'" in run and "pip install -e '.[dev]'" in makefile
+    stamp = re.search(r"^STAMP\s*:=\s*\$\(VENV\)/(\S+)", makefile, re.M).group(1)
+    assert f"touch .venv/{stamp}" in run, "without the stamp, `make run` would reinstall inside the container"
+    assert "--system-site-packages" in run, "the base image's TensorRT must stay importable in the venv"
+    assert "onnxruntime-gpu" in run
+
+
+def test_the_default_command_is_the_readme_one_command_run():
+    assert instructions("CMD") == ['["make", "run"]']
+    readme = (ROOT / "README.md").read_text()
+    workdir = instructions("WORKDIR")[0].strip()
+    assert f"{workdir}/exported" in readme and "docker build -t distill-deploy ." in readme
+    assert instructions("VOLUME") == [f'["{workdir}/exported"]']

@@ -57,6 +57,17 @@ def test_sdpa_matches_the_materialised_attention_in_float32(case, query):
     assert abs(loss_fused.item() - loss_naive.item()) <= 1e-5 * abs(loss_naive.item())
 
 
+def test_sdpa_runs_a_fused_kernel_that_never_stores_the_n_by_n_matrix():
+    """A strided query/key/value makes SDPA fall back silently to the math kernel (as much memory
+    as the naive attention): the heads must reach it contiguous."""
+    from pipeline.distill.tat import attention, split_heads
+
+    features = [torch.randn(2, 8, 5, 7, requires_grad=True) for _ in range(3)]
+    out = attention(*(split_heads(f, 2) for f in features), implementation="sdpa")
+    assert "UnsafeView" not in type(out.grad_fn).__name__
+    assert any(kind in type(out.grad_fn).__name__ for kind in ("Flash", "Efficient", "Cudnn")), type(out.grad_fn)
+
+
 def test_non_parametric_equal_widths_is_the_methods_formula_computed_by_hand():
     f_s, f_t = features(4, 4, 3, 5, batch=2)
     # METHODS.md: out_i = sum_j softmax_j(<f_s_i, f_t_j>) f_s_j ; L = mean((out - f_t)^2)

@@ -46,7 +46,9 @@ def attention(query: Tensor, key: Tensor, value: Tensor, implementation: Attenti
 def split_heads(x: Tensor, heads: int) -> Tensor:
     """(B, C, H, W) -> (B, heads, H*W, C // heads): each head owns consecutive channels."""
     batch, channels, height, width = x.shape
-    return x.reshape(batch, heads, channels // heads, height * width).transpose(-2, -1)
+    # Contiguous: the fused CPU kernel (flash attention) needs a unit-stride last axis; on a strided
+    # view SDPA silently falls back to the math kernel, which stores the N x N matrix like naive.
+    return x.reshape(batch, heads, channels // heads, height * width).transpose(-2, -1).contiguous()
 
 
 def merge_heads(x: Tensor, height: int, width: int) -> Tensor:

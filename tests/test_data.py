@@ -93,7 +93,33 @@ def test_generation_is_fast():
     for i in range(100):
         render_sample(5, "train", i, SIZE)
     per_sample = (time.perf_counter() - start) / 100
-    assert per_sample < 0.005, f"{1000 * per_sample:.2f} ms per sample"
+    assert per_sample < 0.002, f"{1000 * per_sample:.2f} ms per sample"
+
+
+def test_few_objects_coarse_textures_plain_background():
+    # The design the models are tuned on: 1-3 objects per image, each texture high-contrast and
+    # coarse enough to see at 64 px, and no clutter, so a background pixel is only noise.
+    bg_steps, obj_steps = [], []
+    for i in range(100):
+        image, mask = render_sample(0, "train", i, SIZE)
+        assert 1 <= len(set(np.unique(mask)) - {0}) <= 3
+        img = image.astype(np.float32)
+        # Colour change to the right and below neighbours, where all three pixels share a class.
+        step = (np.abs(img[1:, 1:] - img[1:, :-1]) + np.abs(img[1:, 1:] - img[:-1, 1:])).mean(axis=2)
+        m = mask[1:, 1:]
+        same = (m == mask[1:, :-1]) & (m == mask[:-1, 1:])
+        bg_steps.append(step[same & (m == 0)].mean())
+        if (same & (m > 0)).sum() > 50:
+            obj_steps.append(step[same & (m > 0)].mean())
+    assert max(bg_steps) < 16, max(bg_steps)  # noise alone: about 2.3 sigma, sigma <= 6
+    assert min(obj_steps) > 20 and np.mean(obj_steps) > 40, (min(obj_steps), np.mean(obj_steps))
+
+
+def test_classes_cross_textures_and_shapes():
+    # The class is (texture, shape): a patch shows the texture, only the outline shows the shape.
+    pairs = [name.split("_") for name in CLASS_NAMES[1:]]
+    assert len(set(pairs_t := [t for t, _ in pairs])) == 3 and len({s for _, s in pairs}) == 3
+    assert len(set(map(tuple, pairs))) == len(pairs) == 9 and all(pairs_t.count(t) == 3 for t in pairs_t)
 
 
 def test_dataset_items_dtypes_and_normalisation():

@@ -1,14 +1,11 @@
-"""The embedded classification dataset: one dominant object per image, whose class needs shape,
-texture, surroundings or the arrangement of its parts.
+"""The embedded classification dataset: one dominant object per image, whose class is a texture
+(striped / dotted / checkered) crossed with a shape (disc / square / triangle).
 
-It reuses the segmentation dataset's renderer (:mod:`pipeline.data.synthetic`), so its classes
-share the same traps: the same texture on different shapes (striped disc / square / triangle),
-the same shape with different textures (striped / dotted / checkered disc), classes made by an
-object's surroundings (a disc inside a ring, a square inside a frame) and by the arrangement of
-parts (a marker above or below a square). Background clutter shares every local cue with the
-objects and may occlude them; colours, scale, illumination and noise are random. Labels are
-balanced: sample ``i`` has class ``i % num_classes``; everything else comes from
-``(seed, split, index)``, so the same key always renders the same bytes and nothing is stored.
+It reuses the segmentation dataset's renderer (:mod:`pipeline.data.synthetic`): a texture is
+visible in any small patch, the shape only in the object's whole outline. Colours, orientation,
+scale, illumination and noise are random. Labels are balanced: sample ``i`` has class
+``i % num_classes``; everything else comes from ``(seed, split, index)``, so the same key always
+renders the same bytes and nothing is stored.
 """
 
 from __future__ import annotations
@@ -23,7 +20,7 @@ from torch.utils.data import Dataset
 from pipeline.data import synthetic
 
 # Bump whenever the rendering changes: it is part of the dataset fingerprint.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 # The segmentation dataset's object classes; "background" is not an image class.
 CLASS_NAMES: tuple[str, ...] = synthetic.CLASS_NAMES[1:]
 _STREAM = 0xC1A55  # keeps these images independent of the segmentation images of the same seed
@@ -45,15 +42,11 @@ def render_classification_sample(seed: int, split: str, index: int, image_size: 
     label = index % len(CLASS_NAMES)
     rng = _rng(seed, split, index)
     canvas = synthetic._Canvas(image_size, rng)
-    n_clutter = int(rng.integers(1, 5))
-    n_behind = int(rng.binomial(n_clutter, 0.8))  # most clutter is behind the object; some occludes it
-    for _ in range(n_behind):
-        synthetic._draw_clutter(canvas)
-    # + 1: segmentation ids count background as 0. Larger and more central than in segmentation:
-    # the object dominates and its ring, frame or marker stays inside the image.
-    synthetic._draw_object(canvas, label + 1, size_range=(0.3, 0.5), centre_range=(0.38, 0.62))
-    for _ in range(n_clutter - n_behind):
-        synthetic._draw_clutter(canvas)
+    # One object, larger and more central than in segmentation: its whole outline (the shape half
+    # of the class) stays inside the image. + 1: segmentation ids count background as 0.
+    half = image_size * rng.uniform(0.5, 0.7) / 2
+    cy, cx = rng.uniform(0.4 * image_size, 0.6 * image_size, 2)
+    synthetic._draw_object(canvas, label + 1, cy, cx, half)
     return synthetic.finish_image(canvas.image, rng, image_size), label
 
 

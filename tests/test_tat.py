@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.distill import AnchorPointTaTLoss, PatchGroupTaTLoss, TaTLoss
+from pipeline.distill import AnchorPointTaTLoss, HierarchicalTaTLoss, PatchGroupTaTLoss, TaTLoss
 from pipeline.distill.tat import from_patches, to_patches
 
 
@@ -191,3 +191,19 @@ def test_anchor_loss_pools_with_kernel_feature_over_anchors():
 def test_impossible_settings_say_what_to_change(build, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("*", r"\*")):
         build()
+
+
+def test_hierarchical_loss_is_the_weighted_patch_and_anchor_losses_on_one_set_of_projections():
+    torch.manual_seed(0)
+    combined = HierarchicalTaTLoss(6, 8, patches=(2, 3), groups=3, anchors=(2, 2), patch_weight=1.0, anchor_weight=0.4)
+    patch = PatchGroupTaTLoss(6, 8, patches=(2, 3), groups=3)
+    anchor = AnchorPointTaTLoss(6, 8, anchors=(2, 2))
+    for single in (patch, anchor):  # the same projections as the combined loss's one set
+        for name in ("gamma", "theta", "phi"):
+            setattr(single, name, getattr(combined.patch, name))
+    f_s, f_t = torch.randn(2, 6, 7, 9), torch.randn(2, 8, 7, 9)
+    expected = patch(f_s, f_t) + 0.4 * anchor(f_s, f_t)
+    torch.testing.assert_close(combined(f_s, f_t), expected, rtol=1e-6, atol=1e-7)
+    names = {name for name, _ in combined.named_parameters()}
+    assert not any(name.startswith("anchor.") for name in names), "projections must exist once"
+    assert len(names) == len(list(patch.parameters()))

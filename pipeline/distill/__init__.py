@@ -3,10 +3,11 @@
 from pipeline.distill.base import DistillMethod, FeatureInfo, MethodOptions
 from pipeline.distill.distiller import Distiller, feature_info
 from pipeline.distill.registry import available_methods, build_method, method_class, register
-from pipeline.distill.tat import AnchorPointTaTLoss, PatchGroupTaTLoss, TaTLoss
+from pipeline.distill.tat import AnchorPointTaTLoss, HierarchicalTaTLoss, PatchGroupTaTLoss, TaTLoss
 
 __all__ = [
     "AnchorPointTaTLoss",
+    "HierarchicalTaTLoss",
     "DistillMethod",
     "Distiller",
     "FeatureInfo",

@@ -167,14 +167,20 @@ class _TaTBase(nn.Module):
 
     def reconfigure(self, f_s: Tensor, f_t: Tensor) -> tuple[Tensor, Tensor]:
         """(reconfigured student, target), both in the arranged layout the MSE compares."""
+        return self.match(*self.project(f_s, f_t))
+
+    def project(self, f_s: Tensor, f_t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(query, key, value, target) before arrangement: gamma/theta/phi applied, teacher detached."""
         f_t = f_t.detach()
         student_query, student_value = self.gamma(f_s), self.phi(f_s)
         teacher_key = self.theta(f_t)
         if self.query == "student":
-            query, key = student_query, teacher_key
-        else:
-            query, key = teacher_key, student_query
-        query, key, value, target = self.arrange(query, key, student_value, f_t)
+            return student_query, teacher_key, student_value, f_t
+        return teacher_key, student_query, student_value, f_t
+
+    def match(self, query: Tensor, key: Tensor, value: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """Arrange the projected maps, attend, and return (reconfigured student, target)."""
+        query, key, value, target = self.arrange(query, key, value, target)
         heads = self.attention_heads
         if query.shape[1] % heads:
             raise ValueError(f"{query.shape[1]} channels cannot be split into {heads} heads/groups")
@@ -302,12 +308,59 @@ class AnchorPointTaTLoss(_TaTBase):
         return super().extra_repr() + f", anchors={self.anchors}"
 
 
+class HierarchicalTaTLoss(nn.Module):
+    """The official segmentation loss: patch-group and anchor-point TaT on ONE set of gamma/theta/phi
+    projections (the anchors pool the already projected Q, K, V), returning
+    ``patch_weight * L_patch + anchor_weight * L_anchor``. Computing the projections once halves
+    the cost of two separate losses. Options are those of the two losses (``patches``, ``groups``,
+    ``anchors`` and the shared TaT settings); ``heads`` applies to the anchor attention."""
+
+    def __init__(
+        self,
+        student_channels: int,
+        teacher_channels: int,
+        parametric: bool = True,
+        query: Orientation = "student",
+        *,
+        patches: tuple[int, int] = (4, 4),
+        groups: int = 16,
+        anchors: tuple[int, int] = (8, 8),
+        heads: int = 1,
+        patch_weight: float = 1.0,
+        anchor_weight: float = 0.5,
+        **kwargs: object,
+    ) -> None:
+        super().__init__()
+        self.patch = PatchGroupTaTLoss(student_channels, teacher_channels, parametric, query, patches=patches,
+                                       groups=groups, **kwargs)
+        self.anchor = AnchorPointTaTLoss(student_channels, teacher_channels, parametric, heads, query, anchors=anchors,
+                                         **kwargs)
+        for name in ("gamma", "theta", "phi"):  # one set of projections, registered once under `patch`
+            self.anchor._modules.pop(name)
+        self.patch_weight, self.anchor_weight = patch_weight, anchor_weight
+
+    def losses(self, f_s: Tensor, f_t: Tensor) -> tuple[Tensor, Tensor]:
+        """(L_patch, L_anchor), unweighted."""
+        self.patch.check_shapes(f_s, f_t)
+        projected = self.patch.project(f_s, f_t)
+        return F.mse_loss(*self.patch.match(*projected)), F.mse_loss(*self.anchor.match(*projected))
+
+    def forward(self, f_s: Tensor, f_t: Tensor) -> Tensor:
+        if self.patch.per_image:  # the official code's one image at a time (BN sees batch 1), then the mean
+            pairs = [self.losses(f_s[i : i + 1], f_t[i : i + 1]) for i in range(f_s.shape[0])]
+            patch, anchor = (torch.stack(parts).mean() for parts in zip(*pairs))
+        else:
+            patch, anchor = self.losses(f_s, f_t)
+        return self.patch_weight * patch + self.anchor_weight * anchor
+
+
 def divisors(number: int) -> list[int]:
     return [d for d in range(1, number + 1) if number % d == 0]
 
 
 __all__ = [
     "AnchorPointTaTLoss",
+    "HierarchicalTaTLoss",
     "PatchGroupTaTLoss",
     "TaTLoss",
     "attention",

@@ -15,4 +15,5 @@ from pipeline.distill.methods import (  # noqa: F401
     tat,
     tat_anchor,
     tat_patch,
+    tat_seg,
 )

@@ -145,11 +145,13 @@ def describe_sweep_error(exc: ValidationError, path: Path) -> str:
 
 
 def load_sweep(
-    path: str | Path, out: Path | None = None, seeds: int | None = None, overrides: list[str] | tuple[str, ...] = ()
+    path: str | Path, out: Path | None = None, seeds: int | None = None, overrides: list[str] | tuple[str, ...] = (),
+    variants: list[str] | tuple[str, ...] | None = None,
 ) -> Sweep:
-    """Read and validate a sweep file and every variant x seed config, before anything trains."""
+    """Read and validate a sweep file and every variant x seed config, before anything trains.
+    ``variants`` keeps only those variants (the baseline, if the file names one, must be among them)."""
     path = Path(path)
-    spec = read_sweep_file(path)
+    spec = select_variants(read_sweep_file(path), variants, path)
     base_path = spec.base if spec.base.is_absolute() else path.parent / spec.base
     if not base_path.is_file():
         raise ConfigError(f"{path}: base config {base_path} does not exist; 'base' is relative to the sweep file")
@@ -175,6 +177,21 @@ def load_sweep(
             runs.append(SweepRun(variant, seed, config, out / variant / f"seed{seed}"))
     _check_one_teacher(runs, path)
     return Sweep(path, spec, out, tuple(sorted({run.seed for run in runs})), tuple(runs))
+
+
+def select_variants(spec: SweepFile, names: list[str] | tuple[str, ...] | None, path: Path) -> SweepFile:
+    if not names:
+        return spec
+    for name in names:
+        if name not in spec.variants:
+            close = difflib.get_close_matches(name, list(spec.variants), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ConfigError(f"{path}: --variants names '{name}', which is not a variant; {hint}"
+                              f"variants: {', '.join(spec.variants)}")
+    if spec.baseline is not None and spec.baseline not in names:
+        raise ConfigError(f"{path}: --variants must include the baseline variant '{spec.baseline}' (gap closure is "
+                          f"measured against it)")
+    return spec.model_copy(update={"variants": {k: v for k, v in spec.variants.items() if k in names}})
 
 
 def _deep_copy(data: Any) -> Any:
@@ -210,14 +227,15 @@ def _check_one_teacher(runs: list[SweepRun], path: Path) -> None:
 
 # ------------------------------------------------------------------------------ running
 def run_sweep(
-    path: str | Path, out: Path | None = None, seeds: int | None = None, overrides: list[str] | tuple[str, ...] = ()
+    path: str | Path, out: Path | None = None, seeds: int | None = None, overrides: list[str] | tuple[str, ...] = (),
+    variants: list[str] | tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Train the teacher once, then every variant x seed; write sweep.json and sweep.md; return the table."""
     from pipeline.builders import check_distillation
     from pipeline.runner import Runner
     from stages import STAGES
 
-    sweep = load_sweep(path, out, seeds, overrides)
+    sweep = load_sweep(path, out, seeds, overrides, variants)
     checked: set[str] = set()
     for run in sweep.runs:  # impossible method settings fail here, before the teacher trains
         if run.variant not in checked:

@@ -28,7 +28,7 @@ def test_benchmark_writes_json_and_markdown_on_tiny_sizes(tmp_path):
         assert row["median_ms"] > 0
         assert row["peak_mb"] is not None and row["peak_mb"] >= 0
     overhead = result["overhead"]
-    assert [m["name"] for m in overhead["methods"]] == ["tat_patch", "tat_anchor"]
+    assert [m["name"] for m in overhead["methods"]] == ["tat_seg"]
     timing = overhead["timing"]
     expected = timing["distill_step"]["median_ms"] / (timing["teacher_forward"]["median_ms"]
                                                       + timing["student_step"]["median_ms"])

@@ -147,3 +147,12 @@ def test_gap_closure_uses_the_baseline_variants_mean(tmp_path):
     assert table["variants"]["tat"]["gap_closure_percent"] == pytest.approx(100 * (51 - 41) / (60 - 41), abs=0.01)
     assert table["variants"]["baseline"]["gap_closure_percent"] == 0.0
     assert table["variants"]["tat"]["miou_std"] == pytest.approx(statistics.stdev([50.0, 52.0]), abs=1e-4)
+
+
+def test_a_subset_of_variants_runs_only_those_and_must_keep_the_baseline():
+    subset = load_sweep(ROOT / "configs" / "ablation_tat.yaml", variants=["baseline", "patch_anchor"])
+    assert list(subset.spec.variants) == ["baseline", "patch_anchor"] and len(subset.runs) == 6
+    with pytest.raises(ConfigError, match="must include the baseline variant 'baseline'"):
+        load_sweep(ROOT / "configs" / "ablation_tat.yaml", variants=["kd"])
+    with pytest.raises(ConfigError, match="did you mean 'patch_anchor'"):
+        load_sweep(ROOT / "configs" / "ablation_tat.yaml", variants=["baseline", "patch_anchr"])

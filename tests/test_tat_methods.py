@@ -19,13 +19,14 @@ SMOKE = ROOT / "configs" / "smoke.yaml"
 
 
 def test_tat_methods_are_registered():
-    assert {"tat", "tat_patch", "tat_anchor"} <= set(available_methods())
+    assert {"tat", "tat_patch", "tat_anchor", "tat_seg"} <= set(available_methods())
 
 
 def test_default_and_smoke_pipelines_distil_with_tat_patch_and_anchor():
     for name in ("default.yaml", "smoke.yaml"):
         config = load_config(ROOT / "configs" / name)
-        assert [m.name for m in config.distill.methods] == ["tat_patch", "tat_anchor"]
+        [method] = config.distill.methods
+        assert method.name == "tat_seg" and method.patch_weight > 0 and method.anchor_weight > 0
         check_distillation(config)  # the chosen patches/groups/anchors fit the feature size
 
 

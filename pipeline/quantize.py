@@ -118,6 +118,7 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, recipe: Int8Rec
     if warning:
         warnings.warn(warning, CalibrationWarning, stacklevel=2)
     activation = {"qint8": QuantType.QInt8, "quint8": QuantType.QUInt8}[recipe.activation_type]
+    activation_symmetry = "symmetric" if recipe.activation_type == "qint8" else "asymmetric"
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy}[recipe.calibrate_method]
 
@@ -144,13 +145,16 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, recipe: Int8Rec
                 nodes_to_exclude=excluded,
                 calibrate_method=method,
                 calibration_providers=["CPUExecutionProvider"],
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+                # S8 activations (TensorRT) must be symmetric; U8 ones (ONNX Runtime CPU) are asymmetric,
+                # which uses the whole range for ReLU outputs and lets ORT fold ReLU/Clip into the
+                # preceding Conv's quantisation instead of running them in float.
+                extra_options={"ActivationSymmetric": recipe.activation_type == "qint8", "WeightSymmetric": True},
             )
             quantized = onnx.load(str(tmp))
             props = read_metadata(src)
             props.update(precision="int8", quantization=(
                 f"onnxruntime static QDQ, S8 weights per-channel symmetric, {recipe.activation_type} activations "
-                f"symmetric, {recipe.calibrate_method} calibration on {len(calibration)} images"))
+                f"{activation_symmetry}, {recipe.calibrate_method} calibration on {len(calibration)} images"))
             _replace_metadata(quantized, props)
             onnx.save_model(quantized, str(tmp), save_as_external_data=False)
             onnx.checker.check_model(str(tmp))
@@ -161,7 +165,8 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, recipe: Int8Rec
         "activation_type": recipe.activation_type,
         "weight_type": "qint8",
         "per_channel": True,
-        "symmetric": True,
+        "symmetric": True,  # weights
+        "activations": activation_symmetry,
         "calibrate_method": recipe.calibrate_method,
         "float_op_types": list(recipe.float_op_types),
         "float_nodes": excluded,

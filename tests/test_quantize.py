@@ -50,6 +50,21 @@ def test_int8_model_is_symmetric_per_channel_qdq_and_keeps_dynamic_shapes(fp32_f
         assert run(dst, x).shape == run(fp32_file, x).shape
 
 
+def test_onnxruntime_int8_has_symmetric_weights_and_asymmetric_u8_activations(fp32_file, tmp_path):
+    """Asymmetric U8 activations use the whole range for ReLU outputs (and let ONNX Runtime fold
+    ReLU/Clip into the quantised Conv); the weights stay symmetric per channel."""
+    dst = tmp_path / "int8_u8.onnx"
+    info = quantize_int8(fp32_file, dst, calibration(32), Int8Recipe(activation_type="quint8"))
+    model = onnx.load(str(dst))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in model.graph.node if n.op_type == "DequantizeLinear" and len(n.input) > 2]
+    weights = [z for z in zero_points if z.dtype == np.int8]
+    activations = [z for z in zero_points if z.dtype == np.uint8]
+    assert weights and all(np.all(z == 0) for z in weights)
+    assert activations and any(np.any(z != 128) for z in activations)
+    assert info["activations"] == "asymmetric" and read_metadata(dst)["quantization"].count("asymmetric") == 1
+
+
 def test_few_calibration_images_warn_and_are_recorded(fp32_file, tmp_path):
     with pytest.warns(CalibrationWarning, match="only 4 images"):
         info = quantize_int8(fp32_file, tmp_path / "int8.onnx", calibration(4))

@@ -13,14 +13,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from pipeline.distill.base import DistillMethod, MethodOptions
-from pipeline.distill.features import resize_to
+from pipeline.distill.pair import FeaturePairMethod, FeaturePairOptions
 from pipeline.distill.registry import register
 
 
-class CWDOptions(MethodOptions):
+class CWDOptions(FeaturePairOptions):
     feature: str = Field("logits", description="logits (no parameters) or a feature (1x1 adapter)")
-    teacher_feature: str | None = Field(None, description="teacher feature; None = the same name as feature")
     temperature: float = Field(4.0, gt=0, description="the paper's tau for segmentation")
 
 
@@ -33,7 +31,7 @@ def cwd_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
 
 
 @register
-class CWD(DistillMethod):
+class CWD(FeaturePairMethod):
     name = "cwd"
     Options = CWDOptions
     summary = "channel-wise distillation: KL between per-channel spatial distributions (logits by default)"
@@ -41,22 +39,9 @@ class CWD(DistillMethod):
 
     def __init__(self, options: CWDOptions, student, teacher, artifacts=None) -> None:
         super().__init__(options, student, teacher, artifacts)
-        self.student_name = options.feature
-        self.teacher_name = options.teacher_feature or options.feature
-        c_s = student.require(self.student_name, self.name, "student")
-        c_t = teacher.require(self.teacher_name, self.name, "teacher")
         uses_logits = self.student_name == "logits" and self.teacher_name == "logits"
-        self.adapter = nn.Identity() if uses_logits else nn.Conv2d(c_s, c_t, kernel_size=1, bias=False)
-
-    @property
-    def student_features(self) -> tuple[str, ...]:
-        return (self.student_name,)
-
-    @property
-    def teacher_features(self) -> tuple[str, ...]:
-        return (self.teacher_name,)
+        self.adapter = nn.Identity() if uses_logits else self.conv_adapter()
 
     def forward(self, student: dict[str, Tensor], teacher: dict[str, Tensor], targets: Tensor) -> Tensor:
-        target = teacher[self.teacher_name].detach()
-        adapted = resize_to(self.adapter(student[self.student_name]), target.shape[-2:])
+        adapted, target = self.adapted_pair(student, teacher)
         return cwd_loss(adapted, target, self.options.temperature)

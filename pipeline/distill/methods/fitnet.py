@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor
 
-from pipeline.distill.base import DistillMethod, MethodOptions
-from pipeline.distill.features import resize_to
+from pipeline.distill.pair import FeaturePairMethod, FeaturePairOptions
 from pipeline.distill.registry import register
 
 
-class FitNetOptions(MethodOptions):
+class FitNetOptions(FeaturePairOptions):
     feature: str = Field("decoder", description="student feature regressed onto the teacher's")
-    teacher_feature: str | None = Field(None, description="teacher feature; None = the same name as feature")
 
 
 @register
-class FitNet(DistillMethod):
+class FitNet(FeaturePairMethod):
     name = "fitnet"
     Options = FitNetOptions
     summary = "FitNet hints: MSE between a 1x1-adapted student feature and the teacher's (default: decoder)"
@@ -32,21 +30,8 @@ class FitNet(DistillMethod):
 
     def __init__(self, options: FitNetOptions, student, teacher, artifacts=None) -> None:
         super().__init__(options, student, teacher, artifacts)
-        self.student_name = options.feature
-        self.teacher_name = options.teacher_feature or options.feature
-        c_s = student.require(self.student_name, self.name, "student")
-        c_t = teacher.require(self.teacher_name, self.name, "teacher")
-        self.adapter = nn.Conv2d(c_s, c_t, kernel_size=1, bias=False)
-
-    @property
-    def student_features(self) -> tuple[str, ...]:
-        return (self.student_name,)
-
-    @property
-    def teacher_features(self) -> tuple[str, ...]:
-        return (self.teacher_name,)
+        self.adapter = self.conv_adapter()
 
     def forward(self, student: dict[str, Tensor], teacher: dict[str, Tensor], targets: Tensor) -> Tensor:
-        target = teacher[self.teacher_name].detach()
-        hint = resize_to(self.adapter(student[self.student_name]), target.shape[-2:])
+        hint, target = self.adapted_pair(student, teacher)
         return F.mse_loss(hint, target)

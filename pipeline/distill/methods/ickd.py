@@ -10,16 +10,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor
 
-from pipeline.distill.base import DistillMethod, MethodOptions
-from pipeline.distill.features import resize_to
+from pipeline.distill.pair import FeaturePairMethod, FeaturePairOptions
 from pipeline.distill.registry import register
 
 
-class ICKDOptions(MethodOptions):
+class ICKDOptions(FeaturePairOptions):
     feature: str = Field("decoder", description="feature whose channel correlations are matched")
-    teacher_feature: str | None = Field(None, description="teacher feature; None = the same name as feature")
 
 
 def channel_correlation(feature: Tensor) -> Tensor:
@@ -33,7 +31,7 @@ def ickd_loss(student: Tensor, teacher: Tensor) -> Tensor:
 
 
 @register
-class ICKD(DistillMethod):
+class ICKD(FeaturePairMethod):
     name = "ickd"
     Options = ICKDOptions
     summary = "inter-channel correlation KD: match row-normalised channel Gram matrices (1x1 adapter)"
@@ -44,21 +42,8 @@ class ICKD(DistillMethod):
 
     def __init__(self, options: ICKDOptions, student, teacher, artifacts=None) -> None:
         super().__init__(options, student, teacher, artifacts)
-        self.student_name = options.feature
-        self.teacher_name = options.teacher_feature or options.feature
-        c_s = student.require(self.student_name, self.name, "student")
-        c_t = teacher.require(self.teacher_name, self.name, "teacher")
-        self.adapter = nn.Conv2d(c_s, c_t, kernel_size=1, bias=False)
-
-    @property
-    def student_features(self) -> tuple[str, ...]:
-        return (self.student_name,)
-
-    @property
-    def teacher_features(self) -> tuple[str, ...]:
-        return (self.teacher_name,)
+        self.adapter = self.conv_adapter()
 
     def forward(self, student: dict[str, Tensor], teacher: dict[str, Tensor], targets: Tensor) -> Tensor:
-        target = teacher[self.teacher_name].detach()
-        adapted = resize_to(self.adapter(student[self.student_name]), target.shape[-2:])
+        adapted, target = self.adapted_pair(student, teacher)
         return ickd_loss(adapted, target)

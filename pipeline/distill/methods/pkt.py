@@ -12,14 +12,13 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from pipeline.distill.base import DistillMethod, MethodOptions
 from pipeline.distill.features import check_batch, pooled
+from pipeline.distill.pair import FeaturePairMethod, FeaturePairOptions
 from pipeline.distill.registry import register
 
 
-class PKTOptions(MethodOptions):
+class PKTOptions(FeaturePairOptions):
     feature: str = Field("stage4", description="feature, global-average-pooled to one vector per sample")
-    teacher_feature: str | None = Field(None, description="teacher feature; None = the same name as feature")
     eps: float = Field(1e-7, gt=0, description="added inside the log ratio (the authors' value)")
 
 
@@ -36,7 +35,7 @@ def pkt_loss(student: Tensor, teacher: Tensor, eps: float = 1e-7) -> Tensor:
 
 
 @register
-class PKT(DistillMethod):
+class PKT(FeaturePairMethod):
     name = "pkt"
     Options = PKTOptions
     summary = "probabilistic knowledge transfer: KL between cosine-similarity distributions over the batch"
@@ -45,21 +44,8 @@ class PKT(DistillMethod):
     # 500 starts the term near 0.85 (~0.4 x CE) where 30000 would be 20 x CE.
     default_weight = 500.0
 
-    def __init__(self, options: PKTOptions, student, teacher, artifacts=None) -> None:
-        super().__init__(options, student, teacher, artifacts)
-        self.student_name = options.feature
-        self.teacher_name = options.teacher_feature or options.feature
-        student.require(self.student_name, self.name, "student")
-        teacher.require(self.teacher_name, self.name, "teacher")
-
-    @property
-    def student_features(self) -> tuple[str, ...]:
-        return (self.student_name,)
-
-    @property
-    def teacher_features(self) -> tuple[str, ...]:
-        return (self.teacher_name,)
 
     def forward(self, student: dict[str, Tensor], teacher: dict[str, Tensor], targets: Tensor) -> Tensor:
-        check_batch(student[self.student_name], self.name)
-        return pkt_loss(student[self.student_name], teacher[self.teacher_name].detach(), self.options.eps)
+        f_s, f_t = self.pair(student, teacher)
+        check_batch(f_s, self.name)
+        return pkt_loss(f_s, f_t, self.options.eps)

@@ -14,14 +14,13 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from pipeline.distill.base import DistillMethod, MethodOptions
 from pipeline.distill.features import check_batch, pooled
+from pipeline.distill.pair import FeaturePairMethod, FeaturePairOptions
 from pipeline.distill.registry import register
 
 
-class RKDOptions(MethodOptions):
+class RKDOptions(FeaturePairOptions):
     feature: str = Field("stage4", description="feature, global-average-pooled to one vector per sample")
-    teacher_feature: str | None = Field(None, description="teacher feature; None = the same name as feature")
     distance_weight: float = Field(25.0, ge=0, description="the paper's weight of the distance term")
     angle_weight: float = Field(50.0, ge=0, description="the paper's weight of the angle term")
 
@@ -54,31 +53,18 @@ def rkd_angle_loss(student: Tensor, teacher: Tensor) -> Tensor:
 
 
 @register
-class RKD(DistillMethod):
+class RKD(FeaturePairMethod):
     name = "rkd"
     Options = RKDOptions
     summary = "relational KD: match normalised pairwise distances and triplet angles of pooled features"
     default_weight = 1.0  # the paper's balance lives in distance_weight / angle_weight
 
-    def __init__(self, options: RKDOptions, student, teacher, artifacts=None) -> None:
-        super().__init__(options, student, teacher, artifacts)
-        self.student_name = options.feature
-        self.teacher_name = options.teacher_feature or options.feature
-        student.require(self.student_name, self.name, "student")
-        teacher.require(self.teacher_name, self.name, "teacher")
-
-    @property
-    def student_features(self) -> tuple[str, ...]:
-        return (self.student_name,)
-
-    @property
-    def teacher_features(self) -> tuple[str, ...]:
-        return (self.teacher_name,)
 
     def forward(self, student: dict[str, Tensor], teacher: dict[str, Tensor], targets: Tensor) -> Tensor:
-        check_batch(student[self.student_name], self.name)
-        e_s = pooled(student[self.student_name])
-        e_t = pooled(teacher[self.teacher_name].detach())
+        f_s, f_t = self.pair(student, teacher)
+        check_batch(f_s, self.name)
+        e_s = pooled(f_s)
+        e_t = pooled(f_t)
         loss = e_s.new_zeros(())
         if self.options.distance_weight:
             loss = loss + self.options.distance_weight * rkd_distance_loss(e_s, e_t)

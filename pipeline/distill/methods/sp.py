@@ -12,14 +12,13 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from pipeline.distill.base import DistillMethod, MethodOptions
 from pipeline.distill.features import check_batch
+from pipeline.distill.pair import FeaturePairMethod, FeaturePairOptions
 from pipeline.distill.registry import register
 
 
-class SPOptions(MethodOptions):
+class SPOptions(FeaturePairOptions):
     feature: str = Field("stage4", description="feature whose batch similarity matrix is matched")
-    teacher_feature: str | None = Field(None, description="teacher feature; None = the same name as feature")
 
 
 def similarity_matrix(feature: Tensor) -> Tensor:
@@ -33,7 +32,7 @@ def sp_loss(student: Tensor, teacher: Tensor) -> Tensor:
 
 
 @register
-class SimilarityPreserving(DistillMethod):
+class SimilarityPreserving(FeaturePairMethod):
     name = "sp"
     Options = SPOptions
     summary = "similarity-preserving KD: match the B x B sample similarity matrices of one feature"
@@ -42,21 +41,8 @@ class SimilarityPreserving(DistillMethod):
     # 50 starts the term near 1.4 (~0.6 x CE) where 3000 would be 36 x CE.
     default_weight = 50.0
 
-    def __init__(self, options: SPOptions, student, teacher, artifacts=None) -> None:
-        super().__init__(options, student, teacher, artifacts)
-        self.student_name = options.feature
-        self.teacher_name = options.teacher_feature or options.feature
-        student.require(self.student_name, self.name, "student")
-        teacher.require(self.teacher_name, self.name, "teacher")
-
-    @property
-    def student_features(self) -> tuple[str, ...]:
-        return (self.student_name,)
-
-    @property
-    def teacher_features(self) -> tuple[str, ...]:
-        return (self.teacher_name,)
 
     def forward(self, student: dict[str, Tensor], teacher: dict[str, Tensor], targets: Tensor) -> Tensor:
-        check_batch(student[self.student_name], self.name)
-        return sp_loss(student[self.student_name], teacher[self.teacher_name].detach())
+        f_s, f_t = self.pair(student, teacher)
+        check_batch(f_s, self.name)
+        return sp_loss(f_s, f_t)

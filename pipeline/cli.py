@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", type=Path, help="sweep folder (default: exported/sweeps/<sweep file name>)")
     sweep.add_argument("--seeds", type=int, help="student seeds per variant (default: the sweep file's seeds)")
     sweep.add_argument("--variants", nargs="+", metavar="NAME", help="run only these variants (with the baseline)")
+    sweep.add_argument("--jobs", type=int, default=1, metavar="N",
+                       help="train N runs at a time in separate processes, CPU threads shared evenly (default 1)")
     bench = commands.add_parser("bench", help="latency of any ONNX file in ONNX Runtime (trtexec style)")
     bench.add_argument("model", type=Path, help="an .onnx file")
     bench.add_argument("--shape", action="append", default=[], help="input shape NxCxHxW (repeatable)")
@@ -132,7 +134,8 @@ def cmd_methods(_: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from pipeline.sweep import run_sweep, sweep_markdown
 
-    table = run_sweep(args.config, out=args.out, seeds=args.seeds, overrides=args.overrides, variants=args.variants)
+    table = run_sweep(args.config, out=args.out, seeds=args.seeds, overrides=args.overrides, variants=args.variants,
+                      jobs=args.jobs)
     print()
     print(sweep_markdown(table))
     print(f"sweep folder: {table['out']}  (sweep.md, sweep.json, one run folder per variant x seed)")

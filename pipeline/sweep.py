@@ -16,15 +16,20 @@ The teacher is trained once in ``<out>/teacher/`` and its completed stage folder
 into each run folder: its fingerprint matches, so the Runner skips it there. Variants may not
 change anything the teacher's fingerprint reads (run.seed, data, teacher, ...). Finished runs
 are skipped on a re-run, so an interrupted sweep resumes. Results: ``sweep.json`` and ``sweep.md``.
+``--jobs N`` trains N runs at a time, each in its own process with an even share of the CPU threads
+(on a 2-core machine two 1-thread runs finish sooner than two 2-thread runs one after the other).
 """
 
 from __future__ import annotations
 
 import difflib
+import multiprocessing
 import os
 import shutil
 import statistics
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +51,7 @@ from pipeline.summary import markdown_table
 TEACHER_STAGE = "train_teacher"
 STUDENT_STAGE = "distill_student"
 DEFAULT_SWEEP_ROOT = Path("exported") / "sweeps"
+SWEEP_LOG = "sweep.log"  # a parallel run's progress (``--jobs`` > 1), inside its run folder
 
 Overrides = list[str] | dict[str, Any]
 
@@ -228,13 +234,16 @@ def _check_one_teacher(runs: list[SweepRun], path: Path) -> None:
 # ------------------------------------------------------------------------------ running
 def run_sweep(
     path: str | Path, out: Path | None = None, seeds: int | None = None, overrides: list[str] | tuple[str, ...] = (),
-    variants: list[str] | tuple[str, ...] | None = None,
+    variants: list[str] | tuple[str, ...] | None = None, jobs: int = 1,
 ) -> dict[str, Any]:
-    """Train the teacher once, then every variant x seed; write sweep.json and sweep.md; return the table."""
+    """Train the teacher once, then every variant x seed (``jobs`` at a time, each in its own process);
+    write sweep.json and sweep.md; return the table."""
     from pipeline.builders import check_distillation
     from pipeline.runner import Runner
     from stages import STAGES
 
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     sweep = load_sweep(path, out, seeds, overrides, variants)
     checked: set[str] = set()
     for run in sweep.runs:  # impossible method settings fail here, before the teacher trains
@@ -250,19 +259,72 @@ def run_sweep(
     teacher_record = StageRecord.load(sweep.teacher_dir / TEACHER_STAGE)
     assert teacher_record is not None  # the Runner just completed it
 
-    results = []
-    for number, run in enumerate(sweep.runs, 1):
-        print(f"[sweep] run {number}/{len(sweep.runs)}: variant '{run.variant}' seed {run.seed}")
-        reuse_teacher(sweep.teacher_dir / TEACHER_STAGE, run.run_dir / TEACHER_STAGE, teacher_record)
-        metrics = Runner(run.config, run.run_dir, STAGES).run(until=STUDENT_STAGE)
-        if metrics["stages"][TEACHER_STAGE]["status"] != "skipped":
-            raise RuntimeError(f"{run.run_dir}: the teacher was retrained; its fingerprint should have matched")
-        results.append((run, metrics))
+    if jobs == 1:
+        results = []
+        for number, run in enumerate(sweep.runs, 1):
+            print(f"[sweep] run {number}/{len(sweep.runs)}: variant '{run.variant}' seed {run.seed}")
+            results.append((run, train_student(run, sweep.teacher_dir, teacher_record)))
+    else:
+        results = train_students_in_parallel(sweep, teacher_record, jobs)
 
     table = summarise(sweep, teacher_metrics, teacher_record, results)
     atomic_write_json(sweep.out / "sweep.json", table)
     atomic_write_text(sweep.out / "sweep.md", sweep_markdown(table))
     return table
+
+
+def train_student(run: SweepRun, teacher_dir: Path, teacher_record: StageRecord) -> dict[str, Any]:
+    """One variant x seed up to distill_student, on the sweep's teacher; its metrics."""
+    from pipeline.runner import Runner
+    from stages import STAGES
+
+    reuse_teacher(teacher_dir / TEACHER_STAGE, run.run_dir / TEACHER_STAGE, teacher_record)
+    metrics = Runner(run.config, run.run_dir, STAGES).run(until=STUDENT_STAGE)
+    if metrics["stages"][TEACHER_STAGE]["status"] != "skipped":
+        raise RuntimeError(f"{run.run_dir}: the teacher was retrained; its fingerprint should have matched")
+    return metrics
+
+
+def threads_per_job(jobs: int, cpus: int | None = None) -> int:
+    """Intra-op threads for each of ``jobs`` concurrent runs, so that together they use the CPUs once."""
+    return max(1, (cpus or os.cpu_count() or 1) // jobs)
+
+
+def _train_student_logged(run: SweepRun, teacher_dir: Path, teacher_record: StageRecord) -> dict[str, Any]:
+    """Worker process: :func:`train_student` with its progress written to ``<run>/sweep.log``."""
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run.run_dir / SWEEP_LOG, "w", buffering=1) as log, redirect_stdout(log), redirect_stderr(log):
+        return train_student(run, teacher_dir, teacher_record)
+
+
+def train_students_in_parallel(sweep: Sweep, teacher_record: StageRecord, jobs: int) -> list[tuple[SweepRun, dict[str, Any]]]:
+    """Every run of ``sweep``, ``jobs`` at a time in spawned processes; results in the sweep's order.
+
+    A run without ``run.threads`` gets ``threads_per_job`` threads, so the jobs share the CPUs instead
+    of each taking all of them (threads change no result: they are outside every fingerprint).
+    The first failure stops the sweep (finished runs stay finished) and names the run's log."""
+    threads = threads_per_job(jobs)
+    runs = [run if run.config.run.threads else replace(run, config=run.config.model_copy(update={
+        "run": run.config.run.model_copy(update={"threads": threads})})) for run in sweep.runs]
+    print(f"[sweep] {jobs} jobs at a time, {threads} thread(s) each unless run.threads is set; "
+          f"progress in <run>/{SWEEP_LOG}")
+    metrics: dict[int, dict[str, Any]] = {}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_train_student_logged, run, sweep.teacher_dir, teacher_record): index
+                   for index, run in enumerate(runs)}
+        for future in as_completed(futures):
+            index = futures[future]
+            run = runs[index]
+            try:
+                metrics[index] = future.result()
+            except BaseException as exc:
+                for pending in futures:
+                    pending.cancel()
+                raise RuntimeError(f"sweep run '{run.variant}' seed {run.seed} failed: {exc} "
+                                   f"(log: {run.run_dir / SWEEP_LOG})") from exc
+            print(f"[sweep] done {len(metrics)}/{len(runs)}: variant '{run.variant}' seed {run.seed}: "
+                  f"student mIoU {metrics[index]['student']['miou']:.2f}")
+    return [(run, metrics[index]) for index, run in enumerate(sweep.runs)]
 
 
 def reuse_teacher(source: Path, target: Path, record: StageRecord) -> None:

@@ -102,6 +102,26 @@ def test_a_second_sweep_resumes_without_training(sweep_run, capsys):
     assert json.loads((out / "sweep.json").read_text())["variants"] == table["variants"]
 
 
+def test_parallel_jobs_give_the_same_table_as_one_run_at_a_time(sweep_run, tmp_path):
+    out, table = sweep_run
+    parallel_out = tmp_path / "parallel"
+    assert main(["sweep", table["sweep"], "--out", str(parallel_out), "--jobs", "2"]) == 0
+    parallel = json.loads((parallel_out / "sweep.json").read_text())
+    # Every run is deterministic at its 1 thread, so the figures match the sequential sweep's exactly.
+    assert [[run["miou"] for run in entry["runs"]] for entry in parallel["variants"].values()] == \
+        [[run["miou"] for run in entry["runs"]] for entry in table["variants"].values()]
+    for variant in ("baseline", "tat"):
+        for seed in (0, 1):
+            assert run_metrics(parallel_out, variant, seed)["stages"]["train_teacher"]["status"] == "skipped"
+            assert "distill_student" in (parallel_out / variant / f"seed{seed}" / "sweep.log").read_text()
+
+
+def test_parallel_jobs_share_the_cpu_threads():
+    from pipeline.sweep import threads_per_job
+
+    assert [threads_per_job(jobs, cpus=8) for jobs in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+
+
 @pytest.mark.parametrize("fields, message", [
     ({"variant": {}}, "unknown key 'variant'; did you mean 'variants'?"),
     ({"baseline": "base"}, "baseline 'base' is not one of the variants; did you mean 'baseline'?"),

@@ -307,7 +307,7 @@ def train_students_in_parallel(sweep: Sweep, teacher_record: StageRecord, jobs: 
     runs = [run if run.config.run.threads else replace(run, config=run.config.model_copy(update={
         "run": run.config.run.model_copy(update={"threads": threads})})) for run in sweep.runs]
     print(f"[sweep] {jobs} jobs at a time, {threads} thread(s) each unless run.threads is set; "
-          f"progress in <run>/{SWEEP_LOG}")
+          f"progress in <run>/{SWEEP_LOG}", flush=True)
     metrics: dict[int, dict[str, Any]] = {}
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(_train_student_logged, run, sweep.teacher_dir, teacher_record): index
@@ -323,7 +323,7 @@ def train_students_in_parallel(sweep: Sweep, teacher_record: StageRecord, jobs: 
                 raise RuntimeError(f"sweep run '{run.variant}' seed {run.seed} failed: {exc} "
                                    f"(log: {run.run_dir / SWEEP_LOG})") from exc
             print(f"[sweep] done {len(metrics)}/{len(runs)}: variant '{run.variant}' seed {run.seed}: "
-                  f"student mIoU {metrics[index]['student']['miou']:.2f}")
+                  f"student mIoU {metrics[index]['student']['miou']:.2f}", flush=True)
     return [(run, metrics[index]) for index, run in enumerate(sweep.runs)]
 
 

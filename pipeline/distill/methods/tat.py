@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import math
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, BeforeValidator, Field
 from torch import Tensor, nn
 
 from pipeline.distill.base import DistillMethod, FeatureInfo, MethodOptions
@@ -40,6 +40,17 @@ class TaTOptions(MethodOptions):
 def positive_pair(value: Any) -> Any:
     """``4`` -> ``(4, 4)``: a square grid may be written as one number."""
     return (value, value) if isinstance(value, int) else value
+
+
+def grid_counts(what: str, axes: str) -> Any:
+    """The type of a grid option such as ``patches`` or ``anchors``: counts (rows, columns) >= 1,
+    one number meaning a square grid."""
+    def at_least_one(value: tuple[int, int]) -> tuple[int, int]:
+        if min(value) < 1:
+            raise ValueError(f"{what} are counts {axes} >= 1, got {list(value)}")
+        return value
+
+    return Annotated[tuple[int, int], BeforeValidator(positive_pair), AfterValidator(at_least_one)]
 
 
 def feature_side(info: FeatureInfo, name: str, image_size: int) -> int:
@@ -98,4 +109,4 @@ class TargetAwareTransformer(TaTMethodBase):
         return TaTLoss(student_channels, teacher_channels, heads=options.heads, **options.loss_kwargs())
 
 
-__all__ = ["GlobalTaTOptions", "TaTMethodBase", "TaTOptions", "TargetAwareTransformer", "feature_side", "positive_pair"]
+__all__ = ["GlobalTaTOptions", "TaTMethodBase", "TaTOptions", "TargetAwareTransformer", "feature_side", "grid_counts", "positive_pair"]

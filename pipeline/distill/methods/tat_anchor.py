@@ -10,27 +10,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import nn
 
 from pipeline.distill.base import FeatureInfo
-from pipeline.distill.methods.tat import TaTMethodBase, TaTOptions, feature_side, positive_pair
+from pipeline.distill.methods.tat import TaTMethodBase, TaTOptions, feature_side, grid_counts
 from pipeline.distill.registry import register
 from pipeline.distill.tat import AnchorPointTaTLoss
 
 
 class AnchorPointOptions(TaTOptions):
-    anchors: tuple[int, int] = Field((8, 8), description="anchor grid (ah, aw); pooling kernel = (H // ah, W // aw)")
+    anchors: grid_counts("anchors", "(ah, aw)") = Field(  # type: ignore[valid-type]
+        (8, 8), description="anchor grid (ah, aw); pooling kernel = (H // ah, W // aw)")
     heads: int = Field(1, ge=1, description="attention heads (the paper uses 1)")
-
-    _square = field_validator("anchors", mode="before")(lambda cls, value: positive_pair(value))
-
-    @field_validator("anchors")
-    @classmethod
-    def _positive(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if min(value) < 1:
-            raise ValueError(f"anchors are counts (ah, aw) >= 1, got {list(value)}")
-        return value
 
 
 @register

@@ -16,23 +16,15 @@ from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
 from pipeline.distill.base import FeatureInfo
-from pipeline.distill.methods.tat import TaTMethodBase, TaTOptions, feature_side, positive_pair
+from pipeline.distill.methods.tat import TaTMethodBase, TaTOptions, feature_side, grid_counts
 from pipeline.distill.registry import register
 from pipeline.distill.tat import PatchGroupTaTLoss, divisors
 
 
 class PatchGroupOptions(TaTOptions):
-    patches: tuple[int, int] = Field((4, 4), description="number of patches (n, m) along H and W; leftovers dropped")
+    patches: grid_counts("patches", "(n, m)") = Field(  # type: ignore[valid-type]
+        (4, 4), description="number of patches (n, m) along H and W; leftovers dropped")
     groups: int = Field(16, ge=1, description="channel groups g over the n*m stacked patches; must divide n*m")
-
-    _square = field_validator("patches", mode="before")(lambda cls, value: positive_pair(value))
-
-    @field_validator("patches")
-    @classmethod
-    def _positive(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if min(value) < 1:
-            raise ValueError(f"patches are counts (n, m) >= 1, got {list(value)}")
-        return value
 
     @field_validator("groups")
     @classmethod

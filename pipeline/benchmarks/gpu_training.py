@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ModelConfig, TrainConfig
+from pipeline.distill.tat import Attention, attention
 from pipeline.models import build_segmentation_model
 from pipeline.training import SupervisedTask, TrainingRuntime, build_optimizer
 
@@ -106,18 +107,10 @@ def tat_distiller(teacher: nn.Module, student: nn.Module, image_size: int) -> nn
     return Distiller(student, teacher, methods, teacher_mode="train")
 
 
-def naive_tat_loss(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The one-to-all TaT reference: softmax(Q K^T) V with no 1/sqrt(d), the N x N matrix materialised."""
-    attention = torch.softmax(query @ key.transpose(-2, -1), dim=-1)
-    return F.mse_loss(attention @ value, target)
-
-
-def sdpa_tat_loss(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(F.scaled_dot_product_attention(query, key, value, scale=1.0), target)
-
-
-def tat_loss_step(loss_fn: Callable[..., torch.Tensor], side: int, channels: int, device: torch.device,
+def tat_loss_step(implementation: Attention, side: int, channels: int, device: torch.device,
                   dtype: torch.dtype) -> Callable[[], None]:
+    """One forward + backward of the one-to-all TaT loss MSE(softmax(Q K^T) V, target) at side x side
+    positions, with the library's attention ("naive" materialises the N x N matrix, "sdpa" does not)."""
     n = side * side
     generator = torch.Generator().manual_seed(0)
     # Small scale keeps softmax(Q K^T) away from one-hot, like projected features after BN.
@@ -126,7 +119,7 @@ def tat_loss_step(loss_fn: Callable[..., torch.Tensor], side: int, channels: int
     target = torch.randn(1, 1, n, channels, generator=generator).to(device, dtype)
 
     def step() -> None:
-        loss_fn(q, k, v, target).backward()
+        F.mse_loss(attention(q, k, v, implementation), target).backward()
 
     return step
 
@@ -154,9 +147,9 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         del distiller
 
     dtype = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
-    for name, loss_fn in (("naive", naive_tat_loss), ("sdpa", sdpa_tat_loss)):
+    for name in ("naive", "sdpa"):
         try:
-            seconds, memory = timed(tat_loss_step(loss_fn, args.tat_size, 256, device, dtype), device, args.warmup,
+            seconds, memory = timed(tat_loss_step(name, args.tat_size, 256, device, dtype), device, args.warmup,
                                     args.steps)
             row: dict[str, Any] = {"ms_forward_backward": round(seconds * 1000, 3), "peak_gpu_memory_mb": memory}
         except torch.OutOfMemoryError:

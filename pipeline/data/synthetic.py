@@ -22,11 +22,10 @@ padding uses :data:`IGNORE_INDEX`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from pipeline.data.rendered import SPLITS, RenderedDataset
 
 # Bump whenever the rendering changes: it is part of the dataset fingerprint.
 GENERATOR_VERSION = 2
@@ -44,7 +43,6 @@ CLASS_NAMES: tuple[str, ...] = (
     "checkered_triangle",
 )
 IGNORE_INDEX = 255
-SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 
 _STRIPES, _DOTS, _CHECKER = 0, 1, 2
 _TAU = 2.0 * np.pi
@@ -255,53 +253,19 @@ def finish_image(image: np.ndarray, rng: np.random.Generator, image_size: int) -
 
 
 # ------------------------------------------------------------------------------- dataset
-class SyntheticSegmentation(Dataset):
+class SyntheticSegmentation(RenderedDataset[tuple[np.ndarray, np.ndarray]]):
     """``size`` samples of one split, rendered on first access and cached in memory.
 
     ``transform`` is called as ``transform(image=uint8 HxWx3, mask=uint8 HxW)`` (albumentations
     style) and must return ``{"image": CHW tensor, "mask": HW tensor}``; ``None`` means the
-    evaluation transform (normalise + to tensor). Masks come out int64.
+    evaluation transform (normalise + to tensor). Masks come out int64. :meth:`raw` gives the
+    untransformed (uint8 HxWx3 image, uint8 HxW mask).
     """
 
-    def __init__(
-        self,
-        split: Literal["train", "val"],
-        size: int,
-        image_size: int,
-        seed: int,
-        transform: Callable | None = None,
-        cache: bool = True,
-    ) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; valid splits are {sorted(SPLITS)}")
-        if size < 1:
-            raise ValueError(f"size must be >= 1, got {size}")
-        if transform is None:
-            from pipeline.data.transforms import eval_transform
+    classes = CLASS_NAMES
 
-            transform = eval_transform()
-        self.split = split
-        self.size = size
-        self.image_size = image_size
-        self.seed = seed
-        self.transform = transform
-        self.classes = CLASS_NAMES
-        self._cache: list[tuple[np.ndarray, np.ndarray] | None] | None = [None] * size if cache else None
-
-    def __len__(self) -> int:
-        return self.size
-
-    def raw(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """The untransformed sample: (uint8 HxWx3 image, uint8 HxW mask)."""
-        if not -self.size <= i < self.size:
-            raise IndexError(f"index {i} out of range for {self.size} samples")
-        i %= self.size
-        if self._cache is None:
-            return render_sample(self.seed, self.split, i, self.image_size)
-        sample = self._cache[i]
-        if sample is None:
-            sample = self._cache[i] = render_sample(self.seed, self.split, i, self.image_size)
-        return sample
+    def render(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return render_sample(self.seed, self.split, index, self.image_size)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.raw(i)
@@ -312,9 +276,3 @@ class SyntheticSegmentation(Dataset):
         if not isinstance(msk, torch.Tensor):
             msk = torch.from_numpy(np.ascontiguousarray(msk))
         return img.float(), msk.long()
-
-    def __repr__(self) -> str:
-        return (
-            f"SyntheticSegmentation(split={self.split!r}, size={self.size}, "
-            f"image_size={self.image_size}, seed={self.seed}, classes={len(CLASS_NAMES)})"
-        )

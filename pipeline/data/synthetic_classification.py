@@ -10,14 +10,11 @@ renders the same bytes and nothing is stored.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal
-
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from pipeline.data import synthetic
+from pipeline.data.rendered import RenderedDataset
 
 # Bump whenever the rendering changes: it is part of the dataset fingerprint.
 GENERATOR_VERSION = 2
@@ -50,53 +47,19 @@ def render_classification_sample(seed: int, split: str, index: int, image_size: 
     return synthetic.finish_image(canvas.image, rng, image_size), label
 
 
-class SyntheticClassification(Dataset):
+class SyntheticClassification(RenderedDataset[tuple[np.ndarray, int]]):
     """``size`` samples of one split as (float CHW image tensor, int64 label), cached after rendering.
 
     ``transform`` is albumentations-style, called as ``transform(image=uint8 HxWx3)`` and returning
     ``{"image": CHW tensor}``; ``None`` means the evaluation transform (normalise + to tensor).
+    :meth:`raw` gives the untransformed (uint8 HxWx3 image, class id).
     """
 
-    def __init__(
-        self,
-        split: Literal["train", "val"],
-        size: int,
-        image_size: int,
-        seed: int,
-        transform: Callable | None = None,
-    ) -> None:
-        if size < 1:
-            raise ValueError(f"size must be >= 1, got {size}")
-        if transform is None:
-            from pipeline.data.transforms import eval_transform
+    classes = CLASS_NAMES
 
-            transform = eval_transform()
-        self.split = split
-        self.size = size
-        self.image_size = image_size
-        self.seed = seed
-        self.transform = transform
-        self.classes = CLASS_NAMES
-        self._cache: list[tuple[np.ndarray, int] | None] = [None] * size
-        _rng(seed, split, 0)  # validates the split now rather than at the first sample
-
-    def __len__(self) -> int:
-        return self.size
-
-    def raw(self, i: int) -> tuple[np.ndarray, int]:
-        """The untransformed sample: (uint8 HxWx3 image, class id)."""
-        if not -self.size <= i < self.size:
-            raise IndexError(f"index {i} out of range for {self.size} samples")
-        i %= self.size
-        sample = self._cache[i]
-        if sample is None:
-            sample = self._cache[i] = render_classification_sample(self.seed, self.split, i, self.image_size)
-        return sample
+    def render(self, index: int) -> tuple[np.ndarray, int]:
+        return render_classification_sample(self.seed, self.split, index, self.image_size)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, label = self.raw(i)
         return self.transform(image=image)["image"].float(), torch.tensor(label, dtype=torch.long)
-
-    def __repr__(self) -> str:
-        return (f"SyntheticClassification(split={self.split!r}, size={self.size}, image_size={self.image_size}, "
-                f"seed={self.seed}, classes={len(CLASS_NAMES)})")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipeline.config import ConfigError, PipelineConfig, load_config
 from pipeline.data.files import DatasetLayoutError
-from pipeline.gate import GateError
+from pipeline.gate import FINGERPRINTS, GateError
 from pipeline.runner import PipelineError, Runner
 from pipeline.summary import backends_table, gap_closure, models_table
 
@@ -52,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--baseline", type=Path, required=True, help="baseline file (.json, .yaml)")
     gate.add_argument("--write-baseline", action="store_true",
                       help="write the baseline from this run instead of gating (review and commit it)")
-    gate.add_argument("--ignore-fingerprint", action="append", default=[], choices=("config", "dataset"),
-                      help="report a differing config/dataset fingerprint as a warning, not a failure")
+    gate.add_argument("--ignore-fingerprint", action="append", default=[], choices=FINGERPRINTS,
+                      help="report a differing config/dataset/framework fingerprint as a warning, not a failure")
     gate.add_argument("--miou-tolerance", type=float, default=None, metavar="POINTS",
                       help="with --write-baseline: mIoU points a model or backend may lose (default 0.5)")
     gate.add_argument("--no-latency-ratios", action="store_true",

@@ -90,6 +90,13 @@ def comparable_config(config: PipelineConfig) -> dict[str, Any]:
     return data
 
 
+def framework_fingerprint() -> str:
+    """The framework release that trained numbers are exact to (``torch-2.14.1``; the build tag such as
+    ``+cu130`` is left out: CPU kernels do not depend on it). Another release moves a tiny run's mIoU
+    by more than a CI gate's tolerance, so gates compare like with like here too."""
+    return "torch-" + torch.__version__.split("+")[0]
+
+
 def run_info(config: PipelineConfig) -> dict[str, Any]:
     """The identity of a run: what CI gates compare before comparing numbers."""
     from pipeline.data import dataset_fingerprint
@@ -98,6 +105,7 @@ def run_info(config: PipelineConfig) -> dict[str, Any]:
         "name": config.run.name,
         "config_fingerprint": sha256_json(comparable_config(config)),
         "dataset_fingerprint": dataset_fingerprint(config.data),
+        "framework_fingerprint": framework_fingerprint(),
         "git_sha": git_sha(),
         "versions": versions(),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},

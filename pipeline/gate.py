@@ -11,10 +11,10 @@ more conditions:
 * ``equals``: an exact value (``status == "passed"``).
 
 A missing metric fails. A check on a backend that this run reports as ``skipped`` (TensorRT on a
-machine without a GPU) is not gated unless the check says ``required: true``. A run whose config
-or dataset fingerprint differs from the baseline's fails (apples to apples) unless that
-fingerprint is explicitly ignored; the metric checks run either way, so the table still says
-which numbers moved.
+machine without a GPU) is not gated unless the check says ``required: true``. A run whose config,
+dataset or framework (torch release) fingerprint differs from the baseline's fails (apples to
+apples) unless that fingerprint is explicitly ignored; the metric checks run either way, so the
+table still says which numbers moved.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any, Literal
 import yaml
 
 Direction = Literal["higher_is_better", "lower_is_better"]
-FINGERPRINTS = ("config", "dataset")
+FINGERPRINTS = ("config", "dataset", "framework")
 BASELINE_SCHEMA = 1
 
 # Defaults written by --write-baseline; the file is meant to be edited.
@@ -279,17 +279,24 @@ def _fingerprint_row(name: str, metrics: dict[str, Any], baseline: Baseline, run
     now = metrics.get("run", {}).get(f"{name}_fingerprint")
     label = f"run.{name}_fingerprint"
     if now == expected:
-        return Row(label, expected[:12], now[:12], "equal", "pass")
+        return Row(label, _short_hash(expected), _short_hash(now), "equal", "pass")
     reason = f"{name} fingerprint differs from the baseline's"
+    if name == "framework":
+        reason += f" ({now} vs {expected}: trained numbers are exact to the framework release)"
     if name == "config" and run_config is not None and baseline.config is not None:
         changed = config_differences(baseline.config, run_config)
         if changed:
             reason += f" (changed: {', '.join(changed[:6])}{', ...' if len(changed) > 6 else ''})"
     if ignored:
-        return Row(label, expected[:12], str(now)[:12], "equal", "warn", reason + "; ignored on request")
+        return Row(label, _short_hash(expected), _short_hash(str(now)), "equal", "warn", reason + "; ignored on request")
     hint = (f"; compare like with like, or pass --ignore-fingerprint {name} if the change is intended, "
             f"or write a new baseline with --write-baseline")
-    return Row(label, expected[:12], str(now)[:12], "equal", "FAIL", reason + hint)
+    return Row(label, _short_hash(expected), _short_hash(str(now)), "equal", "FAIL", reason + hint)
+
+
+def _short_hash(value: str) -> str:
+    """A sha256 hex digest cut to 12 characters for the table; readable fingerprints stay whole."""
+    return value[:12] if re.fullmatch(r"[0-9a-f]{64}", value) else value
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import PipelineConfig
+from pipeline.environment import framework_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
@@ -24,6 +25,12 @@ def gate(run: Path, *options: str) -> int:
 def test_the_smoke_run_passes_the_committed_baseline(smoke_reference, capsys):
     code = gate(smoke_reference)
     out = capsys.readouterr().out
+    written_with = json.loads(Path(BASELINE).read_text())["fingerprints"]["framework"]
+    if written_with != framework_fingerprint():
+        # Trained numbers are exact to the torch release: on another one the gate must refuse to compare
+        # and say why, rather than report a misleading regression.
+        assert code == 1 and "framework fingerprint differs from the baseline's" in out, out
+        return
     assert code == 0, (f"the smoke run regressed against {BASELINE}:\n{out}\nIf the change is intended, "
                        f"regenerate the baseline with `make baseline` and commit it.")
     assert "gate passed" in out

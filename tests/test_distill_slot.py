@@ -63,3 +63,35 @@ def test_teacher_train_mode_quirk_is_opt_in():
     assert distiller.teacher.training
     distiller.eval()
     assert not distiller.teacher.training
+
+
+def count_teacher_calls(distiller: Distiller) -> list[int]:
+    """A counter of the teacher's forward passes (the Distiller calls ``forward_features``)."""
+    calls = [0]
+    forward_features = distiller.teacher.forward_features
+
+    def counted(images: torch.Tensor):
+        calls[0] += 1
+        return forward_features(images)
+
+    distiller.teacher.forward_features = counted
+    return calls
+
+
+def test_a_ce_only_student_never_runs_the_teacher():
+    student, teacher = tiny("mobilenet_v2"), tiny("resnet18")
+    plain = Distiller(student, teacher, [(1.0, build_method(MethodSpec(name="none"), feature_info(student),
+                                                            feature_info(teacher)))])
+    plain.eval()  # no dropout, so the loss can be compared with the student's own
+    calls = count_teacher_calls(plain)
+    images, targets = torch.randn(2, 3, 32, 32), torch.randint(0, 4, (2, 32, 32))
+    loss, parts = plain(images, targets)
+    assert calls == [0] and not plain.needs_teacher
+    expected = torch.nn.functional.cross_entropy(student(images), targets, ignore_index=255)
+    assert torch.allclose(loss, expected) and set(parts) == {"ce", "none"}
+
+    kd = Distiller(student, teacher, [(1.0, build_method(MethodSpec(name="kd"), feature_info(student),
+                                                         feature_info(teacher)))])
+    calls = count_teacher_calls(kd)
+    kd(images, targets)
+    assert calls == [1] and kd.needs_teacher

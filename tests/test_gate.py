@@ -26,7 +26,8 @@ from pipeline.gate import (
 
 def run_metrics(**changes) -> dict:
     metrics = {
-        "run": {"name": "x", "config_fingerprint": "c" * 64, "dataset_fingerprint": "d" * 64},
+        "run": {"name": "x", "config_fingerprint": "c" * 64, "dataset_fingerprint": "d" * 64,
+                "framework_fingerprint": "torch-2.14.1"},
         "teacher": {"miou": 60.0, "val_loss": 0.5},
         "student": {"miou": 50.0, "val_loss": 0.8},
         "strip": {"params_equal": True, "outputs_identical": True},
@@ -132,6 +133,23 @@ def test_fingerprint_mismatch_fails_and_can_be_downgraded_to_a_warning():
     assert ignored.passed and verdicts(ignored)["run.config_fingerprint"] == "warn"
     metrics["run"]["dataset_fingerprint"] = "f" * 64
     assert not evaluate_gate(metrics, baseline, ignore_fingerprints=("config",)).passed
+
+
+def test_another_torch_release_fails_the_gate_saying_so_rather_than_as_a_regression():
+    baseline = baseline_from_run(run_metrics())
+    assert baseline.fingerprints["framework"] == "torch-2.14.1"
+    metrics = run_metrics()
+    metrics["run"]["framework_fingerprint"] = "torch-2.15.0"
+    result = evaluate_gate(metrics, baseline)
+    assert not result.passed and verdicts(result)["run.framework_fingerprint"] == "FAIL"
+    table = format_table(result)
+    assert "torch-2.15.0 vs torch-2.14.1: trained numbers are exact to the framework release" in table
+    assert "--ignore-fingerprint framework" in table
+    assert evaluate_gate(metrics, baseline, ignore_fingerprints=("framework",)).passed
+    # Baselines written before the framework fingerprint existed are still read and gated.
+    older = baseline_from_run(run_metrics())
+    older.fingerprints.pop("framework")
+    assert evaluate_gate(metrics, older).passed
 
 
 def test_derived_metrics_are_arithmetic_over_dotted_keys():

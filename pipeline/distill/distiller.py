@@ -45,6 +45,11 @@ class Distiller(nn.Module):
         self.ignore_index = ignore_index
 
     @property
+    def needs_teacher(self) -> bool:
+        """Whether any method reads a teacher feature (each method declares the ones it reads)."""
+        return any(method.teacher_features for method in self.methods.values())
+
+    @property
     def deployable(self) -> nn.Module:
         return self.student
 
@@ -58,9 +63,11 @@ class Distiller(nn.Module):
         """Total loss and its named parts (each already weighted)."""
         student_logits, student_feats = self.student.forward_features(images)
         student_feats = {**student_feats, "logits": student_logits}
-        with torch.no_grad():
-            teacher_logits, teacher_feats = self.teacher.forward_features(images)
-        teacher_feats = {**teacher_feats, "logits": teacher_logits}
+        teacher_feats: dict[str, Tensor] = {}
+        if self.needs_teacher:  # a CE-only student (method `none`, a sweep's baseline) skips the teacher's cost
+            with torch.no_grad():
+                teacher_logits, teacher_feats = self.teacher.forward_features(images)
+            teacher_feats = {**teacher_feats, "logits": teacher_logits}
         parts = {"ce": self.ce_weight * F.cross_entropy(student_logits, targets, ignore_index=self.ignore_index)}
         for name, method in self.methods.items():
             parts[name] = self.weights[name] * method(student_feats, teacher_feats, targets)

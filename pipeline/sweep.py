@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import shutil
 import statistics
+import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, replace
@@ -45,6 +46,7 @@ from pipeline.config import (
     parse_override,
     validate_config,
 )
+from pipeline.runner import PipelineError
 from pipeline.stage import StageRecord
 from pipeline.summary import markdown_table
 
@@ -297,33 +299,49 @@ def _train_student_logged(run: SweepRun, teacher_dir: Path, teacher_record: Stag
         return train_student(run, teacher_dir, teacher_record)
 
 
+def _exit_with_parent() -> None:
+    """Worker initializer: end this worker when the sweep process dies (killed, or its terminal closed),
+    instead of training on as an orphan. Its run resumes from the last epoch checkpoint next time."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=lambda: (parent.join(), os._exit(1)), daemon=True).start()
+
+
 def train_students_in_parallel(sweep: Sweep, teacher_record: StageRecord, jobs: int) -> list[tuple[SweepRun, dict[str, Any]]]:
     """Every run of ``sweep``, ``jobs`` at a time in spawned processes; results in the sweep's order.
 
     A run without ``run.threads`` gets ``threads_per_job`` threads, so the jobs share the CPUs instead
     of each taking all of them (threads change no result: they are outside every fingerprint).
-    The first failure stops the sweep (finished runs stay finished) and names the run's log."""
+    A failed run is reported at once; no further run starts, the runs under way finish (their work
+    is kept), then the sweep stops with the failure and the run's log."""
     threads = threads_per_job(jobs)
     runs = [run if run.config.run.threads else replace(run, config=run.config.model_copy(update={
         "run": run.config.run.model_copy(update={"threads": threads})})) for run in sweep.runs]
     print(f"[sweep] {jobs} jobs at a time, {threads} thread(s) each unless run.threads is set; "
           f"progress in <run>/{SWEEP_LOG}", flush=True)
     metrics: dict[int, dict[str, Any]] = {}
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    failures: list[str] = []
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_exit_with_parent) as pool:
         futures = {pool.submit(_train_student_logged, run, sweep.teacher_dir, teacher_record): index
                    for index, run in enumerate(runs)}
         for future in as_completed(futures):
-            index = futures[future]
-            run = runs[index]
+            if future.cancelled():
+                continue
+            run = runs[futures[future]]
             try:
-                metrics[index] = future.result()
-            except BaseException as exc:
+                metrics[futures[future]] = future.result()
+            except Exception as exc:  # noqa: BLE001 - reported with the run's name and log, then re-raised below
+                failures.append(f"run '{run.variant}' seed {run.seed} failed: {exc} (log: {run.run_dir / SWEEP_LOG})")
+                print(f"[sweep] {failures[-1]}; no further run starts, the runs under way finish", flush=True)
                 for pending in futures:
                     pending.cancel()
-                raise RuntimeError(f"sweep run '{run.variant}' seed {run.seed} failed: {exc} "
-                                   f"(log: {run.run_dir / SWEEP_LOG})") from exc
+                continue
             print(f"[sweep] done {len(metrics)}/{len(runs)}: variant '{run.variant}' seed {run.seed}: "
-                  f"student mIoU {metrics[index]['student']['miou']:.2f}", flush=True)
+                  f"student mIoU {metrics[futures[future]]['student']['miou']:.2f}", flush=True)
+    if failures:
+        raise PipelineError("sweep stopped: " + "; ".join(failures) + ". Finished runs are kept: fix the cause and "
+                            "run the same command again to resume")
     return [(run, metrics[index]) for index, run in enumerate(sweep.runs)]
 
 

@@ -4,7 +4,12 @@ are the runs' own metrics; bad sweep files fail before anything trains."""
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -114,6 +119,64 @@ def test_parallel_jobs_give_the_same_table_as_one_run_at_a_time(sweep_run, tmp_p
         for seed in (0, 1):
             assert run_metrics(parallel_out, variant, seed)["stages"]["train_teacher"]["status"] == "skipped"
             assert "distill_student" in (parallel_out / variant / f"seed{seed}" / "sweep.log").read_text()
+
+
+def test_a_failed_parallel_run_stops_the_sweep_naming_the_run_and_keeping_finished_work(sweep_run, tmp_path, capsys):
+    out, table = sweep_run
+    blocked = tmp_path / "parallel" / "tat" / "seed1"
+    blocked.mkdir(parents=True)
+    (blocked / ".lock").write_text(str(os.getpid()))  # a live process holds this run folder
+    assert main(["sweep", table["sweep"], "--out", str(tmp_path / "parallel"), "--jobs", "2"]) == 2
+    captured = capsys.readouterr()
+    assert "run 'tat' seed 1 failed" in captured.out and "no further run starts" in captured.out
+    assert "sweep stopped: run 'tat' seed 1 failed" in captured.err and "in use by another pipeline process" in captured.err
+    assert not (tmp_path / "parallel" / "sweep.json").exists()
+    finished = [run_metrics(tmp_path / "parallel", v, s)["stages"]["distill_student"]["status"]
+                for v, s in (("baseline", 0), ("baseline", 1))]
+    assert finished == ["ran", "ran"]
+
+
+def test_a_parallel_worker_ends_when_the_sweep_process_dies(tmp_path):
+    # The worker initializer, run in a child of a process that is then killed, must end the child.
+    script = tmp_path / "orphan.py"
+    pid_file = tmp_path / "worker.pid"
+    script.write_text(textwrap.dedent(f"""
+        import multiprocessing, os, time
+        from pipeline.sweep import _exit_with_parent
+
+        def work():
+            _exit_with_parent()
+            open({str(pid_file)!r}, "w").write(str(os.getpid()))
+            time.sleep(60)
+
+        if __name__ == "__main__":
+            multiprocessing.get_context("spawn").Process(target=work).start()
+            time.sleep(60)
+    """))
+    parent = subprocess.Popen([sys.executable, str(script)], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline, "the worker never started"
+            time.sleep(0.1)
+        worker = int(pid_file.read_text())
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 20
+    while _alive(worker):
+        assert time.monotonic() < deadline, "the worker outlived the sweep process"
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A dead child not yet reaped by anyone is a zombie: it no longer runs.
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
 
 
 def test_parallel_jobs_share_the_cpu_threads():

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides applied to every variant")
     sweep.add_argument("--out", type=Path, help="sweep folder (default: exported/sweeps/<sweep file name>)")
     sweep.add_argument("--seeds", type=int, help="student seeds per variant (default: the sweep file's seeds)")
-    sweep.add_argument("--variants", nargs="+", metavar="NAME", help="run only these variants (with the baseline)")
+    sweep.add_argument("--variants", nargs="+", metavar="NAME", help="run only these variants (the baseline always runs too)")
     sweep.add_argument("--jobs", type=int, default=1, metavar="N",
                        help="train N runs at a time in separate processes, CPU threads shared evenly (default 1)")
     bench = commands.add_parser("bench", help="latency of any ONNX file in ONNX Runtime (trtexec style)")

@@ -197,10 +197,9 @@ def select_variants(spec: SweepFile, names: list[str] | tuple[str, ...] | None, 
             hint = f"did you mean '{close[0]}'? " if close else ""
             raise ConfigError(f"{path}: --variants names '{name}', which is not a variant; {hint}"
                               f"variants: {', '.join(spec.variants)}")
-    if spec.baseline is not None and spec.baseline not in names:
-        raise ConfigError(f"{path}: --variants must include the baseline variant '{spec.baseline}' (gap closure is "
-                          f"measured against it)")
-    return spec.model_copy(update={"variants": {k: v for k, v in spec.variants.items() if k in names}})
+    # Gap closure is measured against the baseline, so it always runs (finished runs are skipped anyway).
+    keep = set(names) | ({spec.baseline} if spec.baseline is not None else set())
+    return spec.model_copy(update={"variants": {k: v for k, v in spec.variants.items() if k in keep}})
 
 
 def _deep_copy(data: Any) -> Any:

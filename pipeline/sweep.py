@@ -24,6 +24,7 @@ several narrow runs beat one wide run; on this project's 2-core machine the two 
 from __future__ import annotations
 
 import difflib
+import json
 import multiprocessing
 import os
 import shutil
@@ -105,6 +106,9 @@ class Sweep:
     out: Path
     seeds: tuple[int, ...]
     runs: tuple[SweepRun, ...]
+    # Applied to every variant (the file's, then the command line's), as "key=value": the tables
+    # must say them, since the same sweep file gives other figures under other overrides.
+    overrides: tuple[str, ...] = ()
 
     @property
     def teacher_dir(self) -> Path:
@@ -185,7 +189,8 @@ def load_sweep(
             config = validate_config(data, f"{path} variant '{variant}' seed {seed}")
             runs.append(SweepRun(variant, seed, config, out / variant / f"seed{seed}"))
     _check_one_teacher(runs, path)
-    return Sweep(path, spec, out, tuple(sorted({run.seed for run in runs})), tuple(runs))
+    shared = tuple(f"{'.'.join(keys)}={json.dumps(value)}" for keys, value in common)
+    return Sweep(path, spec, out, tuple(sorted({run.seed for run in runs})), tuple(runs), shared)
 
 
 def select_variants(spec: SweepFile, names: list[str] | tuple[str, ...] | None, path: Path) -> SweepFile:
@@ -426,6 +431,7 @@ def summarise(
         "out": str(sweep.out),
         "seeds": list(sweep.seeds),
         "baseline": sweep.spec.baseline,
+        "overrides": list(sweep.overrides),
         "teacher": {
             "miou": teacher_miou,
             "fingerprint": teacher_record.fingerprint,
@@ -459,8 +465,9 @@ def sweep_markdown(table: dict[str, Any]) -> str:
         f"Teacher (trained once, `{table['teacher']['run_dir']}/`): val mIoU {table['teacher']['miou']:.2f} %.",
         f"Student seeds: {table['seeds']}. Gap closure = (student - baseline) / (teacher - baseline), "
         f"from the variants' mean mIoU; std is the sample standard deviation over seeds. "
-        f"s/step = mean seconds per training step (every variant runs through the Distiller, so it includes "
-        f"the teacher's forward pass).",
+        f"s/step = mean seconds per training step (the teacher's forward pass included where a method reads "
+        f"the teacher's outputs).",
+        f"Overrides applied to every variant: {', '.join(f'`{o}`' for o in table.get('overrides', [])) or 'none'}.",
         "",
         markdown_table(header, rows),
         "",

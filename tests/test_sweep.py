@@ -215,6 +215,24 @@ def test_shipped_ablation_files_are_valid():
     assert table7.seeds == (0, 1, 2)
     grid = load_sweep(ROOT / "configs" / "ablation_tat_grid.yaml", seeds=1)
     assert len(grid.runs) == len(grid.spec.variants)
+    longer = load_sweep(ROOT / "configs" / "ablation_tat_long.yaml")
+    assert {"teacher.train.epochs=18", "student.train.epochs=12"} <= set(longer.overrides)
+    assert list(longer.spec.variants) == ["baseline", "patch_anchor", "kd"] and len(longer.runs) == 9
+
+
+def test_the_tables_state_the_overrides_every_variant_ran_with(tmp_path):
+    """The same sweep file gives other figures under other overrides, so sweep.json and sweep.md say them."""
+    from pipeline.sweep import summarise, sweep_markdown
+    from pipeline.stage import StageRecord
+
+    sweep = load_sweep(write_sweep(tmp_path), out=tmp_path / "out", overrides=["teacher.train.epochs=3"])
+    assert sweep.overrides[-1] == "teacher.train.epochs=3"
+    assert "data.train_size=32" in sweep.overrides  # the file's own overrides come first
+    results = [(run, {"student": {"miou": 40.0, "seconds_per_step": 0.1, "steps": 2}}) for run in sweep.runs]
+    record = StageRecord("train_teacher", "f" * 64, {}, {}, {}, 1.0, "now")
+    table = summarise(sweep, {"teacher": {"miou": 60.0}}, record, results)
+    assert table["overrides"] == list(sweep.overrides)
+    assert "`teacher.train.epochs=3`" in sweep_markdown(table)
 
 
 def test_gap_closure_uses_the_baseline_variants_mean(tmp_path):

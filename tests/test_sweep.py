@@ -217,7 +217,7 @@ def test_shipped_ablation_files_are_valid():
     assert len(grid.runs) == len(grid.spec.variants)
     longer = load_sweep(ROOT / "configs" / "ablation_tat_long.yaml")
     assert {"teacher.train.epochs=18", "student.train.epochs=12"} <= set(longer.overrides)
-    assert list(longer.spec.variants) == ["baseline", "patch_anchor", "kd"] and len(longer.runs) == 9
+    assert list(longer.spec.variants) == ["baseline", "patch_anchor", "kd", "patch_anchor_kd"] and len(longer.runs) == 12
 
 
 def test_the_tables_state_the_overrides_every_variant_ran_with(tmp_path):

@@ -162,7 +162,7 @@ def load_sweep(
     variants: list[str] | tuple[str, ...] | None = None,
 ) -> Sweep:
     """Read and validate a sweep file and every variant x seed config, before anything trains.
-    ``variants`` keeps only those variants (the baseline, if the file names one, must be among them)."""
+    ``variants`` keeps only those variants and the baseline, if the file names one."""
     path = Path(path)
     spec = select_variants(read_sweep_file(path), variants, path)
     base_path = spec.base if spec.base.is_absolute() else path.parent / spec.base

@@ -81,7 +81,8 @@ def build_distiller(
             raise ConfigError(f"distill.methods[{index}] ({spec.name}): {exc}") from None
     info = dataset_info(config.data)
     return Distiller(student, teacher, methods, ce_weight=config.distill.ce_weight,
-                     teacher_mode=config.distill.teacher_mode, ignore_index=info.ignore_index)
+                     teacher_mode=config.distill.teacher_mode, ignore_index=info.ignore_index,
+                     warmup_steps=config.distill.warmup_steps)
 
 
 def load_weights(model: nn.Module, path: Path) -> nn.Module:

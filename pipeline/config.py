@@ -166,6 +166,8 @@ class MethodSpec(StrictModel):
 class DistillConfig(StrictModel):
     methods: tuple[MethodSpec, ...] = (MethodSpec(name="kd", weight=1.0, temperature=4.0),)
     ce_weight: float = Field(1.0, ge=0, description="weight of the student's own cross-entropy")
+    warmup_steps: int = Field(0, ge=0, description="ramp every distillation term linearly from 0 to its weight "
+                                                   "over this many training steps; 0 = full weight from step 1")
     # The official TaT code keeps the teacher in train() mode (batch-stat BN); eval is the sane default.
     teacher_mode: Literal["eval", "train"] = "eval"
 

@@ -95,3 +95,53 @@ def test_a_ce_only_student_never_runs_the_teacher():
     calls = count_teacher_calls(kd)
     kd(images, targets)
     assert calls == [1] and kd.needs_teacher
+
+
+def kd_distiller(warmup_steps: int) -> Distiller:
+    torch.manual_seed(0)
+    student, teacher = tiny("mobilenet_v2"), tiny("resnet18")
+    methods = [(0.5, build_method(MethodSpec(name="kd"), feature_info(student), feature_info(teacher)))]
+    return Distiller(student, teacher, methods, warmup_steps=warmup_steps)
+
+
+def test_warmup_ramps_the_distillation_terms_linearly_and_leaves_ce_alone():
+    images, targets = torch.randn(2, 3, 32, 32), torch.randint(0, 4, (2, 32, 32))
+    full = kd_distiller(0).train()
+    warm = kd_distiller(4).train()
+    torch.manual_seed(1)  # same weights, batch and dropout masks: only the scale differs
+    _, reference = full(images, targets)
+    for step in range(6):
+        torch.manual_seed(1)
+        _, parts = warm(images, targets)
+        assert torch.allclose(parts["ce"], reference["ce"])
+        assert torch.allclose(parts["kd"], min(1.0, (step + 1) / 4) * reference["kd"], rtol=1e-5)
+    assert int(warm.steps_taken) == 6
+
+
+def test_evaluation_does_not_advance_the_warmup():
+    warm = kd_distiller(4).eval()
+    with torch.no_grad():
+        warm(torch.randn(2, 3, 32, 32), torch.randint(0, 4, (2, 32, 32)))
+    assert int(warm.steps_taken) == 0 and float(warm.distill_scale()) == pytest.approx(0.25)
+
+
+def test_a_resumed_distiller_continues_its_warmup_and_strip_drops_the_counter():
+    from stages.strip import strip_state_dict
+
+    warm = kd_distiller(10).train()
+    for _ in range(3):
+        warm(torch.randn(2, 3, 32, 32), torch.randint(0, 4, (2, 32, 32)))
+    resumed = kd_distiller(10)
+    resumed.load_state_dict(warm.state_dict(), strict=True)
+    assert float(resumed.distill_scale()) == pytest.approx(0.4)
+    assert "steps_taken" not in strip_state_dict(warm.state_dict())
+
+
+def test_warmup_steps_come_from_the_config_and_must_not_be_negative():
+    from pipeline.builders import build_distiller
+    from pipeline.config import ConfigError
+
+    config = load_config(None, ["distill.warmup_steps=7", "distill.methods=[{name: kd}]"])
+    assert build_distiller(config, tiny("resnet18"), tiny("mobilenet_v2")).warmup_steps == 7
+    with pytest.raises(ConfigError, match="warmup_steps"):
+        load_config(None, ["distill.warmup_steps=-1"])

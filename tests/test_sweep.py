@@ -218,6 +218,9 @@ def test_shipped_ablation_files_are_valid():
     longer = load_sweep(ROOT / "configs" / "ablation_tat_long.yaml")
     assert {"teacher.train.epochs=18", "student.train.epochs=12"} <= set(longer.overrides)
     assert list(longer.spec.variants) == ["baseline", "patch_anchor", "kd", "patch_anchor_kd"] and len(longer.runs) == 12
+    warmup = load_sweep(ROOT / "configs" / "ablation_tat_warmup.yaml")
+    ramps = {run.variant: run.config.distill.warmup_steps for run in warmup.runs}
+    assert ramps == {"baseline": 0, "kd": 0, "patch_anchor": 0, "patch_anchor_warmup": 160, "patch_anchor_w1_warmup": 160}
 
 
 def test_the_tables_state_the_overrides_every_variant_ran_with(tmp_path):

@@ -33,6 +33,7 @@ class Distiller(nn.Module):
         ce_weight: float = 1.0,
         teacher_mode: str = "eval",
         ignore_index: int = 255,
+        warmup_steps: int = 0,
     ) -> None:
         super().__init__()
         self.student = student
@@ -43,6 +44,9 @@ class Distiller(nn.Module):
         self.ce_weight = ce_weight
         self.teacher_mode = teacher_mode
         self.ignore_index = ignore_index
+        self.warmup_steps = warmup_steps
+        # Training steps taken; in the state dict so a resumed run continues the warm-up where it stopped.
+        self.register_buffer("steps_taken", torch.zeros((), dtype=torch.long))
 
     @property
     def needs_teacher(self) -> bool:
@@ -59,8 +63,19 @@ class Distiller(nn.Module):
         self.teacher.train(mode and self.teacher_mode == "train")
         return self
 
+    def distill_scale(self) -> Tensor | float:
+        """Factor on every distillation term: a linear ramp (step + 1) / warmup_steps, then 1.
+
+        Freshly initialised method heads (TaT's projections, FitNet's regressor) send large, noisy
+        gradients into the student; the ramp lets the task loss shape the student first.
+        """
+        if self.warmup_steps == 0:
+            return 1.0
+        # A tensor, not int(steps_taken): reading the counter back would sync a GPU every step.
+        return ((self.steps_taken + 1).float() / self.warmup_steps).clamp(max=1.0)
+
     def forward(self, images: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Total loss and its named parts (each already weighted)."""
+        """Total loss and its named parts (each already weighted); in training mode, counts a step."""
         student_logits, student_feats = self.student.forward_features(images)
         student_feats = {**student_feats, "logits": student_logits}
         teacher_feats: dict[str, Tensor] = {}
@@ -69,8 +84,11 @@ class Distiller(nn.Module):
                 teacher_logits, teacher_feats = self.teacher.forward_features(images)
             teacher_feats = {**teacher_feats, "logits": teacher_logits}
         parts = {"ce": self.ce_weight * F.cross_entropy(student_logits, targets, ignore_index=self.ignore_index)}
+        scale = self.distill_scale()
         for name, method in self.methods.items():
-            parts[name] = self.weights[name] * method(student_feats, teacher_feats, targets)
+            parts[name] = scale * self.weights[name] * method(student_feats, teacher_feats, targets)
+        if self.training:
+            self.steps_taken += 1
         return sum(parts.values()), parts
 
     def trainable_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

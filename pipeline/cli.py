@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", type=Path, help="sweep folder (default: exported/sweeps/<sweep file name>)")
     sweep.add_argument("--seeds", type=int, help="student seeds per variant (default: the sweep file's seeds)")
     sweep.add_argument("--variants", nargs="+", metavar="NAME", help="run only these variants (the baseline always runs too)")
+    sweep.add_argument("--first-seed", type=int, metavar="S",
+                       help="student seeds S, S+1, ... (default run.seed); the teacher stays the same, so a variant "
+                            "chosen on seeds 0-2 can be re-tested on held-out seeds")
     sweep.add_argument("--jobs", type=int, default=1, metavar="N",
                        help="train N runs at a time in separate processes, CPU threads shared evenly (default 1)")
     bench = commands.add_parser("bench", help="latency of any ONNX file in ONNX Runtime (trtexec style)")
@@ -135,7 +138,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from pipeline.sweep import run_sweep, sweep_markdown
 
     table = run_sweep(args.config, out=args.out, seeds=args.seeds, overrides=args.overrides, variants=args.variants,
-                      jobs=args.jobs)
+                      jobs=args.jobs, first_seed=args.first_seed)
     print()
     print(sweep_markdown(table))
     print(f"sweep folder: {table['out']}  (sweep.md, sweep.json, one run folder per variant x seed)")

@@ -159,10 +159,12 @@ def describe_sweep_error(exc: ValidationError, path: Path) -> str:
 
 def load_sweep(
     path: str | Path, out: Path | None = None, seeds: int | None = None, overrides: list[str] | tuple[str, ...] = (),
-    variants: list[str] | tuple[str, ...] | None = None,
+    variants: list[str] | tuple[str, ...] | None = None, first_seed: int | None = None,
 ) -> Sweep:
     """Read and validate a sweep file and every variant x seed config, before anything trains.
-    ``variants`` keeps only those variants and the baseline, if the file names one."""
+    ``variants`` keeps only those variants and the baseline, if the file names one. Student seeds are
+    ``first_seed``, ``first_seed + 1``, ... (default run.seed); the teacher stays keyed by run.seed, so
+    held-out seeds re-test a variant chosen on the first ones against the same teacher."""
     path = Path(path)
     spec = select_variants(read_sweep_file(path), variants, path)
     base_path = spec.base if spec.base.is_absolute() else path.parent / spec.base
@@ -182,7 +184,7 @@ def load_sweep(
             data = _deep_copy(base)
             for keys, value in pairs:
                 apply_override(data, keys, value)
-            seed = int(_get(data, ["run", "seed"], 0)) + index
+            seed = (first_seed if first_seed is not None else int(_get(data, ["run", "seed"], 0))) + index
             for keys, value in ((["baseline", "enabled"], False), (["student", "train", "seed"], seed),
                                 (["run", "name"], f"{path.stem}-{variant}-seed{seed}")):
                 apply_override(data, keys, value)
@@ -241,7 +243,7 @@ def _check_one_teacher(runs: list[SweepRun], path: Path) -> None:
 # ------------------------------------------------------------------------------ running
 def run_sweep(
     path: str | Path, out: Path | None = None, seeds: int | None = None, overrides: list[str] | tuple[str, ...] = (),
-    variants: list[str] | tuple[str, ...] | None = None, jobs: int = 1,
+    variants: list[str] | tuple[str, ...] | None = None, jobs: int = 1, first_seed: int | None = None,
 ) -> dict[str, Any]:
     """Train the teacher once, then every variant x seed (``jobs`` at a time, each in its own process);
     write sweep.json and sweep.md; return the table."""
@@ -251,7 +253,7 @@ def run_sweep(
 
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
-    sweep = load_sweep(path, out, seeds, overrides, variants)
+    sweep = load_sweep(path, out, seeds, overrides, variants, first_seed)
     checked: set[str] = set()
     for run in sweep.runs:  # impossible method settings fail here, before the teacher trains
         if run.variant not in checked:
@@ -378,7 +380,8 @@ def method_label(config: PipelineConfig) -> str:
         resolved = parse_options(spec)
         options = ", ".join(f"{key}={_short(getattr(resolved, key))}" for key in spec.options)
         parts.append(f"{method_weight(spec):g}*{spec.name}" + (f"({options})" if options else ""))
-    return " + ".join(parts)
+    ramp = f", distillation ramped over {config.distill.warmup_steps} steps" if config.distill.warmup_steps else ""
+    return " + ".join(parts) + ramp
 
 
 def _short(value: Any) -> str:

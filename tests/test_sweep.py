@@ -220,7 +220,8 @@ def test_shipped_ablation_files_are_valid():
     assert list(longer.spec.variants) == ["baseline", "patch_anchor", "kd", "patch_anchor_kd"] and len(longer.runs) == 12
     warmup = load_sweep(ROOT / "configs" / "ablation_tat_warmup.yaml")
     ramps = {run.variant: run.config.distill.warmup_steps for run in warmup.runs}
-    assert ramps == {"baseline": 0, "kd": 0, "patch_anchor": 0, "patch_anchor_warmup": 160, "patch_anchor_w1_warmup": 160}
+    assert ramps == {"baseline": 0, "kd": 0, "patch_anchor": 0, "patch_anchor_warmup": 160, "patch_anchor_w1_warmup": 160,
+                     "patch_anchor_w05_warmup": 160, "patch_anchor_w1_ramp_all": 480}
 
 
 def test_the_tables_state_the_overrides_every_variant_ran_with(tmp_path):
@@ -260,3 +261,23 @@ def test_a_subset_of_variants_runs_only_those_plus_the_baseline():
     assert list(implied.spec.variants) == ["baseline", "kd"], "gap closure needs the baseline, so it is always run"
     with pytest.raises(ConfigError, match="did you mean 'patch_anchor'"):
         load_sweep(ROOT / "configs" / "ablation_tat.yaml", variants=["baseline", "patch_anchr"])
+
+
+def test_held_out_seeds_train_new_students_against_the_same_teacher():
+    from pipeline.sweep import teacher_slice
+
+    first = load_sweep(ROOT / "configs" / "ablation_tat.yaml", variants=["patch_anchor"])
+    held_out = load_sweep(ROOT / "configs" / "ablation_tat.yaml", variants=["patch_anchor"], first_seed=3)
+    assert first.seeds == (0, 1, 2) and held_out.seeds == (3, 4, 5)
+    assert [run.run_dir.name for run in held_out.runs[:3]] == ["seed3", "seed4", "seed5"]
+    assert {run.config.student.train.seed for run in held_out.runs} == {3, 4, 5}
+    assert teacher_slice(held_out.runs[0].config) == teacher_slice(first.runs[0].config)
+
+
+def test_the_loss_label_names_a_distillation_warmup():
+    from pipeline.sweep import method_label
+
+    ramped = load_sweep(ROOT / "configs" / "ablation_tat_warmup.yaml", variants=["patch_anchor_warmup"])
+    labels = {run.variant: method_label(run.config) for run in ramped.runs}
+    assert labels["patch_anchor_warmup"].endswith(", distillation ramped over 160 steps")
+    assert "ramped" not in labels["baseline"]

@@ -176,6 +176,8 @@ def load_sweep(
     count = seeds if seeds is not None else spec.seeds
     if count < 1:
         raise ConfigError(f"--seeds must be >= 1, got {count}")
+    if first_seed is not None and first_seed < 0:
+        raise ConfigError(f"--first-seed must be >= 0 (seeds feed numpy's seeding), got {first_seed}")
 
     runs = []
     for variant, variant_overrides in spec.variants.items():

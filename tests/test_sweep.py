@@ -272,6 +272,8 @@ def test_held_out_seeds_train_new_students_against_the_same_teacher():
     assert [run.run_dir.name for run in held_out.runs[:3]] == ["seed3", "seed4", "seed5"]
     assert {run.config.student.train.seed for run in held_out.runs} == {3, 4, 5}
     assert teacher_slice(held_out.runs[0].config) == teacher_slice(first.runs[0].config)
+    with pytest.raises(ConfigError, match="--first-seed must be >= 0"):
+        load_sweep(ROOT / "configs" / "ablation_tat.yaml", first_seed=-1)
 
 
 def test_the_loss_label_names_a_distillation_warmup():

@@ -382,8 +382,13 @@ def method_label(config: PipelineConfig) -> str:
         resolved = parse_options(spec)
         options = ", ".join(f"{key}={_short(getattr(resolved, key))}" for key in spec.options)
         parts.append(f"{method_weight(spec):g}*{spec.name}" + (f"({options})" if options else ""))
-    ramp = f", distillation ramped over {config.distill.warmup_steps} steps" if config.distill.warmup_steps else ""
-    return " + ".join(parts) + ramp
+    # Settings that change what the distillation terms compute or weigh; meaningless without one.
+    settings = []
+    if len(parts) > 1 and config.distill.warmup_steps:
+        settings.append(f"distillation ramped over {config.distill.warmup_steps} steps")
+    if len(parts) > 1 and config.distill.teacher_mode == "train":
+        settings.append("teacher in train mode")
+    return ", ".join([" + ".join(parts), *settings])
 
 
 def _short(value: Any) -> str:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from pipeline.cli import main
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, load_config
 from pipeline.sweep import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,6 +222,11 @@ def test_shipped_ablation_files_are_valid():
     ramps = {run.variant: run.config.distill.warmup_steps for run in warmup.runs}
     assert ramps == {"baseline": 0, "kd": 0, "patch_anchor": 0, "patch_anchor_warmup": 160, "patch_anchor_w1_warmup": 160,
                      "patch_anchor_w05_warmup": 160, "patch_anchor_w1_ramp_all": 480}
+    official = load_sweep(ROOT / "configs" / "ablation_tat_official.yaml")
+    quirks = {run.variant: (run.config.distill.methods[0].options.get("per_image", False), run.config.distill.teacher_mode)
+              for run in official.runs}
+    assert quirks == {"baseline": (False, "eval"), "patch_anchor": (False, "eval"), "patch_anchor_per_image": (True, "eval"),
+                      "patch_anchor_teacher_train": (False, "train"), "patch_anchor_official": (True, "train")}
 
 
 def test_the_tables_state_the_overrides_every_variant_ran_with(tmp_path):
@@ -276,10 +281,21 @@ def test_held_out_seeds_train_new_students_against_the_same_teacher():
         load_sweep(ROOT / "configs" / "ablation_tat.yaml", first_seed=-1)
 
 
-def test_the_loss_label_names_a_distillation_warmup():
+def test_the_loss_label_names_a_distillation_warmup_and_a_train_mode_teacher():
     from pipeline.sweep import method_label
 
     ramped = load_sweep(ROOT / "configs" / "ablation_tat_warmup.yaml", variants=["patch_anchor_warmup"])
     labels = {run.variant: method_label(run.config) for run in ramped.runs}
     assert labels["patch_anchor_warmup"].endswith(", distillation ramped over 160 steps")
     assert "ramped" not in labels["baseline"]
+
+    quirks = load_sweep(ROOT / "configs" / "ablation_tat_official.yaml",
+                        variants=["patch_anchor", "patch_anchor_teacher_train", "patch_anchor_official"])
+    labels = {run.variant: method_label(run.config) for run in quirks.runs}
+    assert labels["patch_anchor_teacher_train"] == labels["patch_anchor"] + ", teacher in train mode"
+    assert "per_image=True" in labels["patch_anchor_official"] and "train mode" in labels["patch_anchor_official"]
+    # Neither setting means anything without a distillation term, so the CE-only label names neither.
+    assert labels["baseline"] == "1*ce"
+    ce_only = load_config(ROOT / "configs" / "default.yaml",
+                          ["distill.methods=[{name: none}]", "distill.teacher_mode=train"])
+    assert ce_only.distill.warmup_steps == 160 and method_label(ce_only) == "1*ce"

@@ -320,7 +320,8 @@ def train_students_in_parallel(sweep: Sweep, teacher_record: StageRecord, jobs: 
     """Every run of ``sweep``, ``jobs`` at a time in spawned processes; results in the sweep's order.
 
     A run without ``run.threads`` gets ``threads_per_job`` threads, so the jobs share the CPUs instead
-    of each taking all of them (threads change no result: they are outside every fingerprint).
+    of each taking all of them. Threads are outside every fingerprint, like the device: they change
+    a CPU run's floating-point reduction order (so its figures, within the seed spread), not what it computes.
     A failed run is reported at once; no further run starts, the runs under way finish (their work
     is kept), then the sweep stops with the failure and the run's log."""
     threads = threads_per_job(jobs)

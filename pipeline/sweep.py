@@ -385,10 +385,11 @@ def method_label(config: PipelineConfig) -> str:
         parts.append(f"{method_weight(spec):g}*{spec.name}" + (f"({options})" if options else ""))
     # Settings that change what the distillation terms compute or weigh; meaningless without one.
     settings = []
-    if len(parts) > 1 and config.distill.warmup_steps:
-        settings.append(f"distillation ramped over {config.distill.warmup_steps} steps")
-    if len(parts) > 1 and config.distill.teacher_mode == "train":
-        settings.append("teacher in train mode")
+    if len(parts) > 1:
+        if config.distill.warmup_steps:
+            settings.append(f"distillation ramped over {config.distill.warmup_steps} steps")
+        if config.distill.teacher_mode == "train":
+            settings.append("teacher in train mode")
     return ", ".join([" + ".join(parts), *settings])
 
 

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--write-baseline", action="store_true",
                       help="write the baseline from this run instead of gating (review and commit it)")
     gate.add_argument("--ignore-fingerprint", action="append", default=[], choices=FINGERPRINTS,
-                      help="report a differing config/dataset/framework fingerprint as a warning, not a failure")
+                      help="report a differing config/dataset/framework/hardware fingerprint as a warning, not a failure")
     gate.add_argument("--miou-tolerance", type=float, default=None, metavar="POINTS",
                       help="with --write-baseline: mIoU points a model or backend may lose (default 0.5)")
     gate.add_argument("--no-latency-ratios", action="store_true",

@@ -97,6 +97,42 @@ def framework_fingerprint() -> str:
     return "torch-" + torch.__version__.split("+")[0]
 
 
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """``AuthenticAMD-25-17``: vendor, family and model from /proc/cpuinfo (oneDNN and MKL pick their
+    kernels by them); ``platform.processor()`` or the architecture where that file does not exist."""
+    fields: dict[str, str] = {}
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    parts = [fields.get(key) for key in ("vendor_id", "cpu family", "model")]
+    if all(parts):
+        return "-".join(str(part) for part in parts)
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def hardware_fingerprint(device: torch.device) -> str:
+    """The kernels a run's numbers are exact to: ``cpu-AVX512-AuthenticAMD-25-17`` or
+    ``cuda-NVIDIA H200-sm90-cudnn92400``. The same seeded CPU run repeats bit for bit on one machine
+    type, but oneDNN and MKL choose different kernels on another CPU, and a tiny run's mIoU moves by
+    up to 2 points (the smoke run between two x86 machines, same torch), so gates compare like with like."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"cuda-{torch.cuda.get_device_name(device)}-sm{major}{minor}-cudnn{torch.backends.cudnn.version()}"
+    return f"{device.type}-{torch.backends.cpu.get_cpu_capability()}-{cpu_model()}"
+
+
+def _device_or_cpu(requested: str) -> torch.device:
+    """The device a run uses; the CPU where the requested GPU is absent (a finished run re-reported)."""
+    return torch.device("cuda") if requested in ("auto", "cuda") and torch.cuda.is_available() else torch.device(
+        "cpu" if requested in ("auto", "cuda") else requested)
+
+
 def run_info(config: PipelineConfig) -> dict[str, Any]:
     """The identity of a run: what CI gates compare before comparing numbers."""
     from pipeline.data import dataset_fingerprint
@@ -106,6 +142,7 @@ def run_info(config: PipelineConfig) -> dict[str, Any]:
         "config_fingerprint": sha256_json(comparable_config(config)),
         "dataset_fingerprint": dataset_fingerprint(config.data),
         "framework_fingerprint": framework_fingerprint(),
+        "hardware_fingerprint": hardware_fingerprint(_device_or_cpu(config.run.device)),
         "git_sha": git_sha(),
         "versions": versions(),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},

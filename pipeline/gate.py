@@ -12,8 +12,8 @@ more conditions:
 
 A missing metric fails. A check on a backend that this run reports as ``skipped`` (TensorRT on a
 machine without a GPU) is not gated unless the check says ``required: true``. A run whose config,
-dataset or framework (torch release) fingerprint differs from the baseline's fails (apples to
-apples) unless that fingerprint is explicitly ignored; the metric checks run either way, so the
+dataset, framework (torch release) or hardware (the CPU or GPU kernels) fingerprint differs from the
+baseline's fails (apples to apples) unless that fingerprint is explicitly ignored; the metric checks run either way, so the
 table still says which numbers moved.
 """
 
@@ -32,7 +32,7 @@ from typing import Any, Literal
 import yaml
 
 Direction = Literal["higher_is_better", "lower_is_better"]
-FINGERPRINTS = ("config", "dataset", "framework")
+FINGERPRINTS = ("config", "dataset", "framework", "hardware")
 BASELINE_SCHEMA = 1
 
 # Defaults written by --write-baseline; the file is meant to be edited.
@@ -283,6 +283,9 @@ def _fingerprint_row(name: str, metrics: dict[str, Any], baseline: Baseline, run
     reason = f"{name} fingerprint differs from the baseline's"
     if name == "framework":
         reason += f" ({now} vs {expected}: trained numbers are exact to the framework release)"
+    if name == "hardware":
+        reason += (f" ({now} vs {expected}: trained numbers are exact to the machine type's kernels; "
+                   f"write the baseline on the machine type that gates, e.g. the CI runner's)")
     if name == "config" and run_config is not None and baseline.config is not None:
         changed = config_differences(baseline.config, run_config)
         if changed:

@@ -27,7 +27,7 @@ from pipeline.gate import (
 def run_metrics(**changes) -> dict:
     metrics = {
         "run": {"name": "x", "config_fingerprint": "c" * 64, "dataset_fingerprint": "d" * 64,
-                "framework_fingerprint": "torch-2.14.1"},
+                "framework_fingerprint": "torch-2.14.1", "hardware_fingerprint": "cpu-AVX512-AuthenticAMD-25-17"},
         "teacher": {"miou": 60.0, "val_loss": 0.5},
         "student": {"miou": 50.0, "val_loss": 0.8},
         "strip": {"params_equal": True, "outputs_identical": True},
@@ -135,20 +135,24 @@ def test_fingerprint_mismatch_fails_and_can_be_downgraded_to_a_warning():
     assert not evaluate_gate(metrics, baseline, ignore_fingerprints=("config",)).passed
 
 
-def test_another_torch_release_fails_the_gate_saying_so_rather_than_as_a_regression():
+@pytest.mark.parametrize("name, now, says", [
+    ("framework", "torch-2.15.0", "torch-2.15.0 vs torch-2.14.1: trained numbers are exact to the framework release"),
+    ("hardware", "cpu-AVX2-GenuineIntel-6-85",
+     "cpu-AVX2-GenuineIntel-6-85 vs cpu-AVX512-AuthenticAMD-25-17: trained numbers are exact to the machine type's kernels"),
+])
+def test_another_torch_release_or_machine_type_fails_the_gate_saying_so_rather_than_as_a_regression(name, now, says):
     baseline = baseline_from_run(run_metrics())
-    assert baseline.fingerprints["framework"] == "torch-2.14.1"
     metrics = run_metrics()
-    metrics["run"]["framework_fingerprint"] = "torch-2.15.0"
+    metrics["run"][f"{name}_fingerprint"] = now
     result = evaluate_gate(metrics, baseline)
-    assert not result.passed and verdicts(result)["run.framework_fingerprint"] == "FAIL"
+    assert not result.passed and verdicts(result)[f"run.{name}_fingerprint"] == "FAIL"
     table = format_table(result)
-    assert "torch-2.15.0 vs torch-2.14.1: trained numbers are exact to the framework release" in table
-    assert "--ignore-fingerprint framework" in table
-    assert evaluate_gate(metrics, baseline, ignore_fingerprints=("framework",)).passed
-    # Baselines written before the framework fingerprint existed are still read and gated.
+    assert says in table
+    assert f"--ignore-fingerprint {name}" in table
+    assert evaluate_gate(metrics, baseline, ignore_fingerprints=(name,)).passed
+    # Baselines written before this fingerprint existed are still read and gated.
     older = baseline_from_run(run_metrics())
-    older.fingerprints.pop("framework")
+    older.fingerprints.pop(name)
     assert evaluate_gate(metrics, older).passed
 
 

@@ -4,11 +4,13 @@ and never mistakes an interrupted stage for a finished one."""
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 
 import pytest
 
 from pipeline.config import load_config
+from pipeline.environment import cpu_model
 from pipeline.runner import PipelineError, RunLock, Runner
 from pipeline.stage import RECORD_NAME, Stage, StageContext, StageResult
 
@@ -135,6 +137,28 @@ def test_metrics_json_merges_stage_metrics_and_timings(tmp_path):
     assert metrics["stages"]["a"]["seconds"] >= 0
     assert len(metrics["run"]["dataset_fingerprint"]) == 64
     assert (tmp_path / "config.yaml").is_file()
+
+
+def test_metrics_json_names_the_kernels_its_numbers_are_exact_to(tmp_path):
+    import json
+
+    import torch
+
+    runner(tmp_path, "run.device=cpu").run()
+    run = json.loads((tmp_path / "metrics.json").read_text())["run"]
+    assert run["framework_fingerprint"] == "torch-" + torch.__version__.split("+")[0]
+    assert run["hardware_fingerprint"] == f"cpu-{torch.backends.cpu.get_cpu_capability()}-{cpu_model()}"
+
+
+def test_the_cpu_model_is_vendor_family_and_model_of_the_first_processor(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                       "model name\t: AMD EPYC\n\nprocessor\t: 1\nvendor_id\t: GenuineIntel\n")
+    assert cpu_model(cpuinfo) == "AuthenticAMD-25-17"
+    arm = tmp_path / "arm"  # aarch64 names its cores differently: fall back to what platform knows
+    arm.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\n")
+    assert cpu_model(arm) == (platform.processor() or platform.machine() or "unknown")
+    assert cpu_model(tmp_path / "missing") == cpu_model(arm)
 
 
 def test_unknown_stage_names_suggest_the_closest(tmp_path):

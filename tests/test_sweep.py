@@ -232,7 +232,7 @@ def test_shipped_ablation_files_are_valid():
 def test_files_with_documented_figures_pin_the_teacher_they_were_measured_against():
     """docs/BENCHMARKS.md's figures for these files came from the teachers below (most from the previous
     default's ResNet34); the pins keep the documented commands giving the documented figures."""
-    pinned = {"ablation_tat": ("resnet34", 6), "ablation_tat_grid": ("resnet34", 6),
+    pinned = {"ablation_tat": ("resnet34", 6), "ablation_tat_grid": ("resnet18", 8),
               "ablation_tat_warmup": ("resnet34", 6), "ablation_tat_official": ("resnet34", 6),
               "compare_methods": ("resnet34", 6), "ablation_tat_long": ("resnet34", 18),
               "ablation_tat_default_teacher": ("resnet18", 8)}
@@ -240,6 +240,17 @@ def test_files_with_documented_figures_pin_the_teacher_they_were_measured_agains
         sweep = load_sweep(ROOT / "configs" / f"{name}.yaml", seeds=1)
         teachers = {(run.config.teacher.model.backbone, run.config.teacher.train.epochs) for run in sweep.runs}
         assert teachers == {teacher}, name
+
+
+def test_the_grid_shares_its_default_cells_with_the_default_teacher_ablation():
+    """The grid's header says its anchor_k2 and patch_4px_g16 runs can be hard-linked from the Table 7
+    sweep against the default teacher: that holds only while everything those runs read is equal."""
+    grid = {run.variant: run.config for run in load_sweep(ROOT / "configs" / "ablation_tat_grid.yaml", seeds=1).runs}
+    table7 = {run.variant: run.config for run in
+              load_sweep(ROOT / "configs" / "ablation_tat_default_teacher.yaml", seeds=1).runs}
+    for grid_cell, table7_cell in [("anchor_k2", "anchor"), ("patch_4px_g16", "patch"), ("baseline", "baseline")]:
+        for section in ("data", "teacher", "student", "distill"):
+            assert grid[grid_cell].section(section) == table7[table7_cell].section(section), (grid_cell, section)
 
 
 def test_the_default_seeds_sweep_is_the_default_pipeline_with_only_the_method_slot_changed():

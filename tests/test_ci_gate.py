@@ -18,6 +18,11 @@ SMOKE = str(ROOT / "configs" / "smoke.yaml")
 BASELINE = str(ROOT / "tests" / "baselines" / "smoke.json")
 
 
+def depends_on_trained_weights(metric: str) -> bool:
+    """Task metrics, losses and the parity of a quantised backend move with the trained weights."""
+    return metric.endswith((".miou", ".val_loss")) or (metric.endswith(".max_abs_diff") and "int8" in metric)
+
+
 def gate(run: Path, *options: str, baseline: Path | str = BASELINE) -> int:
     return main(["gate", str(run), "--baseline", str(baseline), *options])
 
@@ -40,11 +45,13 @@ def test_the_smoke_run_passes_the_committed_baseline(smoke_reference, capsys):
         # Trained numbers are exact to the torch release and the machine type's kernels: elsewhere the gate
         # must refuse to compare and say why, rather than report a misleading regression ...
         assert code == 1 and all(f"{name} fingerprint differs from the baseline's" in out for name in differ), out
-        # ... while everything that does not depend on them (strip proof, backend status, parity) still passes.
+        # ... while everything that does not depend on them (strip proof, backend status, float parity) still
+        # passes. INT8 parity does depend on them: the quantisation error scales with the trained weights'
+        # and activations' ranges (on an AVX2 EPYC the smoke student's INT8 max abs diff was 0.94, not 0.13).
         assert gate(smoke_reference, *[f"--ignore-fingerprint={name}" for name in differ]) in (0, 1)
         out = capsys.readouterr().out
         failed = [line.split()[0] for line in out.splitlines() if line.rstrip().endswith("FAIL")]
-        assert all(metric.endswith((".miou", ".val_loss")) for metric in failed), out
+        assert all(depends_on_trained_weights(metric) for metric in failed), out
         return
     assert code == 0, (f"the smoke run regressed against {BASELINE}:\n{out}\nIf the change is intended, "
                        f"regenerate the baseline with `make baseline` and commit it.")

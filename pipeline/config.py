@@ -206,6 +206,8 @@ class QuantizeConfig(StrictModel):
     float_op_types: tuple[str, ...] = Field(("Resize",), description="op types kept in float")
     float_nodes: tuple[str, ...] = Field((), description="node names kept in float")
     float_classifier: bool = Field(True, description="keep the final classifier Conv in float")
+    reduce_range: bool = Field(False, description="7-bit INT8 weights, for x86 CPUs without VNNI (AVX2-only): "
+                               "their U8S8 kernels can saturate with full-range weights")
 
 
 class EngineConfig(StrictModel):

@@ -48,6 +48,9 @@ class Int8Recipe:
     float_op_types: tuple[str, ...] = ()  # op types left in float, e.g. ("Resize",)
     float_nodes: tuple[str, ...] = ()  # node names left in float
     float_classifier: bool = False  # keep the final classifier Conv in float
+    # 7-bit weights: on x86 CPUs without VNNI, ONNX Runtime's U8S8 kernels add pairs of u8 x s8
+    # products in saturating 16-bit lanes, which full-range weights can overflow.
+    reduce_range: bool = False
     batch_size: int = 8  # calibration batch
 
 
@@ -144,6 +147,7 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, recipe: Int8Rec
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=excluded,
                 calibrate_method=method,
+                reduce_range=recipe.reduce_range,
                 calibration_providers=["CPUExecutionProvider"],
                 # S8 activations (TensorRT) must be symmetric; U8 ones (ONNX Runtime CPU) are asymmetric,
                 # which uses the whole range for ReLU outputs and lets ORT fold ReLU/Clip into the
@@ -153,7 +157,8 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, recipe: Int8Rec
             quantized = onnx.load(str(tmp))
             props = read_metadata(src)
             props.update(precision="int8", quantization=(
-                f"onnxruntime static QDQ, S8 weights per-channel symmetric, {recipe.activation_type} activations "
+                f"onnxruntime static QDQ, S8 weights per-channel symmetric{' (7-bit range)' if recipe.reduce_range else ''}, "
+                f"{recipe.activation_type} activations "
                 f"{activation_symmetry}, {recipe.calibrate_method} calibration on {len(calibration)} images"))
             _replace_metadata(quantized, props)
             onnx.save_model(quantized, str(tmp), save_as_external_data=False)
@@ -166,6 +171,7 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, recipe: Int8Rec
         "weight_type": "qint8",
         "per_channel": True,
         "symmetric": True,  # weights
+        "reduce_range": recipe.reduce_range,
         "activations": activation_symmetry,
         "calibrate_method": recipe.calibrate_method,
         "float_op_types": list(recipe.float_op_types),

@@ -59,11 +59,12 @@ def run(ctx: StageContext) -> StageResult:
         calibration = calibration_images(ctx)
         recipe = Int8Recipe(activation_type=q.activation_type, calibrate_method=q.calibrate_method,
                             float_op_types=q.float_op_types, float_nodes=q.float_nodes,
-                            float_classifier=q.float_classifier)
+                            float_classifier=q.float_classifier, reduce_range=q.reduce_range)
         if q.int8:
             jobs.append(("int8", INT8_NAME, lambda: quantize_int8(source, ctx.dir / INT8_NAME, calibration, recipe)))
         if needs_tensorrt_twin(ctx):
-            twin = Int8Recipe(**{**recipe.__dict__, "activation_type": "qint8"})
+            # TensorRT's INT8 kernels do not saturate like ONNX Runtime's VNNI-less x86 ones: full-range weights.
+            twin = Int8Recipe(**{**recipe.__dict__, "activation_type": "qint8", "reduce_range": False})
             jobs.append(("int8_tensorrt", INT8_TENSORRT_NAME,
                          lambda: quantize_int8(source, ctx.dir / INT8_TENSORRT_NAME, calibration, twin)))
     if q.fp16:

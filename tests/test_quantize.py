@@ -65,6 +65,21 @@ def test_onnxruntime_int8_has_symmetric_weights_and_asymmetric_u8_activations(fp
     assert info["activations"] == "asymmetric" and read_metadata(dst)["quantization"].count("asymmetric") == 1
 
 
+def test_reduce_range_keeps_int8_weights_within_seven_bits(fp32_file, tmp_path):
+    """For x86 CPUs without VNNI, whose U8S8 kernels saturate 16-bit sums of full-range products."""
+    def weight_extremes(recipe: Int8Recipe) -> tuple[int, int]:
+        dst = tmp_path / f"int8_{recipe.reduce_range}.onnx"
+        info = quantize_int8(fp32_file, dst, calibration(32), recipe)
+        assert info["reduce_range"] is recipe.reduce_range
+        weights = [numpy_helper.to_array(i) for i in onnx.load(str(dst)).graph.initializer
+                   if i.data_type == onnx.TensorProto.INT8 and numpy_helper.to_array(i).size > 1]
+        return min(int(w.min()) for w in weights), max(int(w.max()) for w in weights)
+
+    assert weight_extremes(Int8Recipe(activation_type="quint8")) == (-127, 127)
+    low, high = weight_extremes(Int8Recipe(activation_type="quint8", reduce_range=True))
+    assert -64 <= low and high <= 64 and (low, high) != (0, 0)
+
+
 def test_few_calibration_images_warn_and_are_recorded(fp32_file, tmp_path):
     with pytest.warns(CalibrationWarning, match="only 4 images"):
         info = quantize_int8(fp32_file, tmp_path / "int8.onnx", calibration(4))

@@ -126,6 +126,26 @@ def test_decoder_feature_is_not_modified_in_place_by_a_later_relu() -> None:
     assert features["decoder"].mean(dim=(0, 2, 3)).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_separable_head_uses_depthwise_atrous_convs_and_keeps_the_taps_and_shapes(arch: str) -> None:
+    """The DeepLabV3+ paper's option: every 3x3 of ASPP and decoder becomes depthwise (with the ASPP
+    dilations) + pointwise, far fewer multiply-adds, same features and outputs."""
+    torch.manual_seed(0)
+    dense = build_segmentation_model(ModelConfig(backbone="mobilenet_v2", arch=arch, decoder_channels=64,
+                                                 aspp_channels=64, aspp_rates=(1, 2, 3)), NUM_CLASSES)
+    separable = build_segmentation_model(ModelConfig(backbone="mobilenet_v2", arch=arch, decoder_channels=64,
+                                                     aspp_channels=64, aspp_rates=(1, 2, 3), separable=True), NUM_CLASSES)
+    head_convs = [m for m in separable.head.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert head_convs and all(conv.groups == conv.in_channels for conv in head_convs)
+    assert sorted({conv.dilation[0] for conv in head_convs}) == [1, 2, 3]
+    assert count_parameters(separable.head) < count_parameters(dense.head) / 3
+    x = torch.randn(2, 3, 64, 64)
+    for model in (dense, separable):
+        logits, features = model.eval().forward_features(x)
+        assert logits.shape == (2, NUM_CLASSES, 64, 64) and features["decoder"].shape[1] == 64
+        assert (features["decoder"] < 0).any(), "the tap stays the pre-ReLU BN output"
+
+
 # ------------------------------------------------------------------------------------ dilation
 def _conv3x3_dilations(layer: nn.Sequential) -> list[int]:
     dilations = []

@@ -235,10 +235,11 @@ def overhead_benchmark(args: argparse.Namespace, device: torch.device) -> dict[s
 
 # ------------------------------------------------------------------------------- output
 def machine(device: torch.device) -> dict[str, Any]:
-    from pipeline.environment import git_sha, versions
+    from pipeline.environment import git_sha, hardware_fingerprint, versions
 
     info = {"platform": platform.platform(), "processor": platform.processor(), "torch_threads": torch.get_num_threads(),
-            "device": str(device), "git_sha": git_sha(), "versions": versions()}
+            "device": str(device), "hardware": hardware_fingerprint(device), "git_sha": git_sha(),
+            "versions": versions()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

@@ -36,6 +36,7 @@ def build_segmentation_model(cfg: ModelConfig, num_classes: int, neck: nn.Module
             low_level_channels=cfg.low_level_channels,
             decoder_channels=cfg.decoder_channels,
             dropout=cfg.dropout,
+            separable=cfg.separable,
         )
     elif cfg.arch == "deeplabv3":
         head = DeepLabV3Head(
@@ -45,6 +46,7 @@ def build_segmentation_model(cfg: ModelConfig, num_classes: int, neck: nn.Module
             aspp_rates=cfg.aspp_rates,
             decoder_channels=cfg.decoder_channels,
             dropout=cfg.dropout,
+            separable=cfg.separable,
         )
     else:  # the config's Literal already rejects this; kept for callers that bypass it
         raise ValueError(f"unknown arch {cfg.arch!r}; choose deeplabv3plus or deeplabv3")

@@ -1,0 +1,229 @@
+"""Where a training step's time goes: teacher, student and distillation, split by part.
+
+    python -m pipeline.benchmarks.step_profile [--config configs/default.yaml] [key=value ...] \
+        [--threads 2] [--repeats 10] [--out exported/benchmarks/step_profile]
+
+Writes ``step_profile.json`` and ``step_profile.md`` into ``--out``.
+
+What is measured, at the config's batch size and image size, random weights and inputs:
+- multiply-adds of one forward per image, by part (torch's FlopCounterMode);
+- median wall time of forward + backward of each part on its own: the backbone on the images,
+  ASPP on the backbone's deepest map, the decoder (low-level projection, fusion convs,
+  classifier, upsampling and the cross-entropy) on ASPP's output and the stride-4 map; each part
+  gets a detached copy of its real input, so its time is its own;
+- the optimizer step, the whole plain training step, the teacher's no-grad forward, each
+  distillation method's loss forward + backward on the real decoder features, and the whole
+  distillation step. "other" is the whole step minus its parts (autograd and allocator work
+  that belongs to no part).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from pipeline.artifacts import atomic_write_json, atomic_write_text
+from pipeline.benchmarks.tat import machine, median_ms
+from pipeline.summary import markdown_table
+
+
+def part_macs(model: nn.Module, images: Tensor) -> dict[str, float]:
+    """GMAC per image of one forward, by part (backbone, aspp, decoder) and in total."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(images)
+    per_module = counter.get_flop_counts()
+    batch = images.shape[0]
+
+    def gmac(key: str) -> float:
+        return sum(per_module.get(key, {}).values()) / 2 / batch / 1e9
+
+    total = sum(counter.get_flop_counts().get("Global", {}).values()) / 2 / batch / 1e9
+    root = type(model).__name__
+    backbone, aspp, head = gmac(f"{root}.backbone"), gmac(f"{root}.head.aspp"), gmac(f"{root}.head")
+    return {"backbone": backbone, "aspp": aspp, "decoder": head - aspp, "total": total}
+
+
+def backward_of(*outputs: Tensor) -> None:
+    """Backward with a fixed unit gradient on every output (the parts' losses are irrelevant)."""
+    torch.autograd.backward(list(outputs), [torch.ones_like(o) for o in outputs])
+
+
+def model_parts(model: nn.Module, images: Tensor, targets: Tensor) -> dict[str, Callable[[], None]]:
+    """Forward + backward of each part of a segmentation model, each on a detached copy of its input."""
+    head = model.head
+    with torch.no_grad():
+        features = model.backbone(images)
+        high = model.neck(features["stage4"])
+        context = head.aspp(high)
+    high_in = high.detach().requires_grad_(True)
+    context_in, low_in = context.detach().requires_grad_(True), features["stage1"].detach().requires_grad_(True)
+
+    def backbone() -> None:
+        out = model.backbone(images)
+        backward_of(out["stage1"], out["stage4"])
+
+    def aspp() -> None:
+        backward_of(head.aspp(high_in))
+
+    def decoder() -> None:
+        low = head.low_level(low_in)
+        up = F.interpolate(context_in, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        feature = head.fuse2(head.fuse1(torch.cat([up, low], dim=1)))
+        logits = F.interpolate(head.classifier(F.relu(feature)), size=images.shape[-2:], mode="bilinear",
+                               align_corners=False)
+        F.cross_entropy(logits, targets).backward()
+
+    return {"backbone": backbone, "aspp": aspp, "decoder": decoder}
+
+
+def train_step(task: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor,
+               targets: Tensor) -> Callable[[], None]:
+    def step() -> None:
+        loss, _ = task(images, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def profile_model(role: str, model: nn.Module, images: Tensor, targets: Tensor, train_cfg: Any,
+                  device: torch.device, repeats: int, warmup: int) -> dict[str, Any]:
+    from pipeline.training import SupervisedTask, build_optimizer
+
+    task = SupervisedTask(model).to(device).train()
+    optimizer = build_optimizer(task, train_cfg)
+    # One real step first so the optimizer has its state (AdamW's moments) before it is timed alone.
+    train_step(task, optimizer, images, targets)()
+    timings = {name: median_ms(part, device, repeats, warmup)["median_ms"]
+               for name, part in model_parts(model, images, targets).items()}
+    timings["optimizer"] = median_ms(optimizer.step, device, repeats, warmup)["median_ms"]
+    whole = median_ms(train_step(task, optimizer, images, targets), device, repeats, warmup)["median_ms"]
+    timings["other"] = round(whole - sum(timings.values()), 3)
+    model.eval()
+    macs = part_macs(model, images[:1])
+    model.train()
+    print(f"[step profile] {role}: step {whole:.1f} ms, " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+    return {"step_ms": whole, "parts_ms": timings, "gmac_per_image": {k: round(v, 4) for k, v in macs.items()},
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def profile_distillation(config: Any, teacher: nn.Module, student: nn.Module, images: Tensor, targets: Tensor,
+                         device: torch.device, repeats: int, warmup: int) -> dict[str, Any]:
+    from pipeline.builders import build_distiller
+    from pipeline.training import build_optimizer
+
+    distiller = build_distiller(config, teacher, student).to(device).train()
+    optimizer = build_optimizer(distiller, config.student.train)
+
+    def teacher_forward() -> None:
+        with torch.no_grad():
+            distiller.teacher.forward_features(images)
+
+    with torch.no_grad():
+        t_logits, t_feats = distiller.teacher.forward_features(images)
+        s_logits, s_feats = distiller.student.forward_features(images)
+    t_feats = {**t_feats, "logits": t_logits}
+    s_feats = {name: value.detach().requires_grad_(True) for name, value in {**s_feats, "logits": s_logits}.items()}
+
+    def method_step(method: nn.Module) -> Callable[[], None]:
+        return lambda: method(s_feats, t_feats, targets).backward()
+
+    methods = {f"loss {name}": median_ms(method_step(method), device, repeats, warmup)["median_ms"]
+               for name, method in distiller.methods.items()}
+    whole = median_ms(train_step(distiller, optimizer, images, targets), device, repeats, warmup)["median_ms"]
+    result = {"step_ms": whole, "teacher_forward_ms": median_ms(teacher_forward, device, repeats, warmup)["median_ms"],
+              "methods_ms": methods, "methods": [spec.name for spec in config.distill.methods]}
+    print(f"[step profile] distillation: step {whole:.1f} ms, teacher forward {result['teacher_forward_ms']:.1f} ms, "
+          + ", ".join(f"{k} {v:.1f} ms" for k, v in methods.items()))
+    return result
+
+
+def run(config_path: Path, overrides: list[str], device: torch.device, repeats: int, warmup: int) -> dict[str, Any]:
+    from pipeline.builders import build_student, build_teacher
+    from pipeline.config import load_config
+    from pipeline.data import dataset_info
+
+    config = load_config(config_path, overrides)
+    size, batch = config.data.image_size, config.student.train.batch_size
+    torch.manual_seed(0)
+    images = torch.randn(batch, 3, size, size, device=device)
+    targets = torch.randint(0, dataset_info(config.data).num_classes, (batch, size, size), device=device)
+    teacher, student = build_teacher(config).to(device), build_student(config).to(device)
+    result: dict[str, Any] = {"config": str(config_path), "overrides": overrides, "batch_size": batch,
+                              "image_size": size}
+    for role, model, cfg in (("teacher", teacher, config.teacher), ("student", student, config.student)):
+        result[role] = {"backbone": cfg.model.backbone, "aspp_channels": cfg.model.aspp_channels,
+                        "decoder_channels": cfg.model.decoder_channels, "separable": cfg.model.separable,
+                        **profile_model(role, model, images, targets, cfg.train, device, repeats, warmup)}
+    result["distillation"] = profile_distillation(config, teacher, student, images, targets, device, repeats, warmup)
+    distill_ms, plain_ms = result["distillation"]["step_ms"], result["student"]["step_ms"]
+    result["distillation"]["step_over_plain_student_step"] = round(distill_ms / plain_ms, 3)
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    info = result["machine"]
+    lines = ["# Training step profile", "", f"`{result['command']}`", "",
+             f"Machine: {info['platform']}, {info.get('hardware', '')}, torch {info['versions']['torch']}, "
+             f"{info['torch_threads']} threads; batch {result['batch_size']} at {result['image_size']} px, "
+             "median of the repeats, forward + backward of each part on its own.", ""]
+    rows = []
+    for role in ("teacher", "student"):
+        entry = result[role]
+        parts, macs = entry["parts_ms"], entry["gmac_per_image"]
+        name = (f"{role} {entry['backbone']}, ASPP {entry['aspp_channels']}, decoder {entry['decoder_channels']}"
+                + (" separable" if entry["separable"] else ""))
+        rows.append([name, entry["step_ms"], parts["backbone"], parts["aspp"], parts["decoder"], parts["optimizer"],
+                     parts["other"], f"{macs['backbone']:.3f} / {macs['aspp']:.3f} / {macs['decoder']:.3f}",
+                     f"{entry['parameters'] / 1e6:.2f}"])
+    lines += [markdown_table(["model", "step ms", "backbone", "ASPP", "decoder", "optimizer", "other",
+                              "GMAC/image backbone / ASPP / decoder", "M params"], rows), ""]
+    dist = result["distillation"]
+    lines += [markdown_table(["distillation step ms", "teacher forward ms",
+                              *dist["methods_ms"].keys(), "distill step / plain student step"],
+                             [[dist["step_ms"], dist["teacher_forward_ms"], *dist["methods_ms"].values(),
+                               dist["step_over_plain_student_step"]]]), ""]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.benchmarks.step_profile", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of --config")
+    parser.add_argument("--config", type=Path, default=Path("configs/default.yaml"))
+    parser.add_argument("--out", type=Path, default=Path("exported/benchmarks/step_profile"))
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (CPU)")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.environment import select_device
+
+    args = build_parser().parse_args(argv)
+    device = select_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = run(args.config, list(args.overrides), device, args.repeats, args.warmup)
+    result["command"] = "python -m pipeline.benchmarks.step_profile " + " ".join(
+        argv if argv is not None else sys.argv[1:])
+    result["machine"] = machine(device)
+    atomic_write_json(args.out / "step_profile.json", result)
+    atomic_write_text(args.out / "step_profile.md", markdown(result))
+    print(f"[step profile] wrote {args.out / 'step_profile.json'} and {args.out / 'step_profile.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -94,6 +94,8 @@ class ModelConfig(StrictModel):
     aspp_rates: tuple[int, int, int] = (6, 12, 18)
     decoder_channels: int = Field(256, ge=8, description="DeepLabV3+ decoder width (the TaT feature)")
     low_level_channels: int = Field(48, ge=4)
+    separable: bool = Field(False, description="depthwise-separable 3x3 convs in ASPP and decoder (the DeepLabV3+ "
+                            "paper's choice; dense 3x3 is the official TaT code's)")
     width_mult: float = Field(1.0, gt=0, description="MobileNetV2 width multiplier")
     dropout: float = Field(0.1, ge=0, lt=1)
     pretrained: Path | None = Field(None, description="local torchvision-format backbone weights")
@@ -119,6 +121,8 @@ class TrainConfig(StrictModel):
     schedule: Literal["cosine", "poly", "constant"] = "cosine"
     warmup_steps: int = Field(0, ge=0)
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap steps per epoch (smoke runs)")
+    eval_every: int = Field(1, ge=1, description="evaluate on val every N epochs and after the last one (a val "
+                                                 "pass costs about half a training epoch on a 2-core CPU)")
     # Lets a sweep vary the student's seed while the teacher (keyed by run.seed) stays the same.
     seed: int | None = Field(None, description="seed of this training (init, batch order); None = run.seed")
 
@@ -206,8 +210,9 @@ class QuantizeConfig(StrictModel):
     float_op_types: tuple[str, ...] = Field(("Resize",), description="op types kept in float")
     float_nodes: tuple[str, ...] = Field((), description="node names kept in float")
     float_classifier: bool = Field(True, description="keep the final classifier Conv in float")
-    reduce_range: bool = Field(False, description="7-bit INT8 weights, for x86 CPUs without VNNI (AVX2-only): "
-                               "their U8S8 kernels can saturate with full-range weights")
+    reduce_range: bool | Literal["auto"] = Field(
+        "auto", description="7-bit INT8 weights; auto = where the CPU that quantizes and validates is an x86 "
+                            "without VNNI (AVX2-only), whose U8S8 kernels can saturate with full-range weights")
 
 
 class EngineConfig(StrictModel):
@@ -255,7 +260,7 @@ class ReportConfig(StrictModel):
 
 # Model keys that only the segmentation head reads, and keys only classification reads.
 SEGMENTATION_MODEL_KEYS = ("arch", "output_stride", "aspp_channels", "aspp_rates", "decoder_channels",
-                           "low_level_channels", "dropout")
+                           "low_level_channels", "separable", "dropout")
 CLASSIFICATION_MODEL_KEYS = ("stem",)
 
 

@@ -116,6 +116,19 @@ def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str] | None:
+    """The first processor's feature flags from /proc/cpuinfo; None where that file does not exist."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                key, _, value = line.partition(":")
+                if key.strip() == "flags":
+                    return frozenset(value.split())
+    except OSError:
+        return None
+    return frozenset()
+
+
 def hardware_fingerprint(device: torch.device) -> str:
     """The kernels a run's numbers are exact to: ``cpu-AVX512-AuthenticAMD-25-17`` or
     ``cuda-NVIDIA H200-sm90-cudnn92400``. The same seeded CPU run repeats bit for bit on one machine

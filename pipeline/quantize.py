@@ -51,7 +51,44 @@ class Int8Recipe:
     # 7-bit weights: on x86 CPUs without VNNI, ONNX Runtime's U8S8 kernels add pairs of u8 x s8
     # products in saturating 16-bit lanes, which full-range weights can overflow.
     reduce_range: bool = False
+    reduce_range_reason: str = ""  # why, for metrics and the model's metadata
     batch_size: int = 8  # calibration batch
+
+
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def reduce_range_here(setting: bool | str) -> tuple[bool, str]:
+    """:func:`resolve_reduce_range` for the CPU this process runs on."""
+    import platform
+
+    from pipeline.environment import cpu_flags
+
+    return resolve_reduce_range(setting, cpu_flags(), platform.machine())
+
+
+def resolve_reduce_range(setting: bool | str, flags: frozenset[str] | None, machine: str) -> tuple[bool, str]:
+    """(7-bit weights?, why) for ``quantize.reduce_range`` on a CPU with these /proc/cpuinfo
+    ``flags`` (None: unknown) and this architecture (``platform.machine()``).
+
+    ONNX Runtime's x86 U8S8 kernels without VNNI multiply u8 x s8 pairs into saturating 16-bit
+    sums (vpmaddubsw), which full-range weights can overflow; with VNNI the dot product
+    accumulates in 32 bits, and ARM's kernels widen before they add, so full range is exact there.
+    """
+    if setting is True:
+        return True, "quantize.reduce_range=true in the config"
+    if setting is False:
+        return False, "quantize.reduce_range=false in the config"
+    machine = machine.lower()
+    if machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return False, f"auto: {machine} CPU, whose INT8 kernels do not saturate: full-range weights"
+    if flags is None:
+        return True, "auto: x86 CPU whose flags are unknown (no /proc/cpuinfo): 7-bit weights, safe everywhere"
+    present = [flag for flag in VNNI_FLAGS if flag in flags]
+    if present:
+        return False, f"auto: this x86 CPU has VNNI ({', '.join(present)}): full-range weights"
+    return True, ("auto: this x86 CPU has no VNNI (avx512_vnni, avx_vnni), so ONNX Runtime's U8S8 kernels add "
+                  "in saturating 16-bit lanes: 7-bit weights")
 
 
 def calibration_warning(count: int) -> str | None:
@@ -156,6 +193,9 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, recipe: Int8Rec
             )
             quantized = onnx.load(str(tmp))
             props = read_metadata(src)
+            if recipe.reduce_range_reason:
+                props["int8_weight_range"] = ("7-bit" if recipe.reduce_range else "8-bit") + \
+                    f" ({recipe.reduce_range_reason})"
             props.update(precision="int8", quantization=(
                 f"onnxruntime static QDQ, S8 weights per-channel symmetric{' (7-bit range)' if recipe.reduce_range else ''}, "
                 f"{recipe.activation_type} activations "
@@ -172,6 +212,7 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, recipe: Int8Rec
         "per_channel": True,
         "symmetric": True,  # weights
         "reduce_range": recipe.reduce_range,
+        "reduce_range_reason": recipe.reduce_range_reason,
         "activations": activation_symmetry,
         "calibrate_method": recipe.calibrate_method,
         "float_op_types": list(recipe.float_op_types),

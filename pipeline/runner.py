@@ -77,7 +77,7 @@ class Runner:
 
     def fingerprint_parts(self, stage: Stage, records: dict[str, StageRecord]) -> dict[str, Any]:
         module = stage.run.__module__
-        return {
+        parts = {
             "config": {key: self.config.section(key) for key in stage.config_keys},
             "code": source_digest([module, *stage.code]),
             "inputs": {
@@ -85,6 +85,9 @@ class Runner:
                 for name in stage.inputs
             },
         }
+        if stage.machine is not None:
+            parts["machine"] = stage.machine(self.config)
+        return parts
 
     def plan(self, force: Sequence[str] = (), until: str | None = None) -> list[StagePlan]:
         """What `run` would do, and why, without running anything."""

@@ -32,6 +32,8 @@ class Stage:
     config_keys: tuple[str, ...] = ()
     # Modules or packages whose source is part of the fingerprint, besides the stage's own module.
     code: tuple[str, ...] = ()
+    # Facts of this machine that the stage's outputs depend on (part of the fingerprint).
+    machine: Callable[[PipelineConfig], dict[str, Any]] | None = None
     enabled: Callable[[PipelineConfig], bool] = _always
     description: str = ""
     # Under torchrun: True = every rank runs it (DDP training); False = rank 0 alone, the others wait.

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.data import build_dataset
-from pipeline.quantize import Int8Recipe, convert_fp16, quantize_int8
+from pipeline.quantize import Int8Recipe, convert_fp16, quantize_int8, reduce_range_here
 from pipeline.stage import Stage, StageContext, StageResult
 
 INT8_NAME = "student_int8.onnx"
@@ -57,14 +57,18 @@ def run(ctx: StageContext) -> StageResult:
     jobs: list[tuple[str, str, Any]] = []
     if q.int8 or needs_tensorrt_twin(ctx):
         calibration = calibration_images(ctx)
+        reduce_range, reason = reduce_range_here(q.reduce_range)
+        print(f"[quantize] INT8 weights: {'7-bit' if reduce_range else '8-bit'} ({reason})")
         recipe = Int8Recipe(activation_type=q.activation_type, calibrate_method=q.calibrate_method,
                             float_op_types=q.float_op_types, float_nodes=q.float_nodes,
-                            float_classifier=q.float_classifier, reduce_range=q.reduce_range)
+                            float_classifier=q.float_classifier, reduce_range=reduce_range,
+                            reduce_range_reason=reason)
         if q.int8:
             jobs.append(("int8", INT8_NAME, lambda: quantize_int8(source, ctx.dir / INT8_NAME, calibration, recipe)))
         if needs_tensorrt_twin(ctx):
             # TensorRT's INT8 kernels do not saturate like ONNX Runtime's VNNI-less x86 ones: full-range weights.
-            twin = Int8Recipe(**{**recipe.__dict__, "activation_type": "qint8", "reduce_range": False})
+            twin = Int8Recipe(**{**recipe.__dict__, "activation_type": "qint8", "reduce_range": False,
+                                 "reduce_range_reason": "TensorRT twin: always full-range weights"})
             jobs.append(("int8_tensorrt", INT8_TENSORRT_NAME,
                          lambda: quantize_int8(source, ctx.dir / INT8_TENSORRT_NAME, calibration, twin)))
     if q.fp16:
@@ -96,7 +100,9 @@ STAGE = Stage(
     run=run,
     inputs=("export_onnx",),
     config_keys=("quantize", "engine.enabled", "engine.precisions", "data"),
-    code=("pipeline.quantize", "pipeline.data"),
+    code=("pipeline.quantize", "pipeline.data", "pipeline.export"),
+    # quantize.reduce_range=auto depends on the CPU: a run folder moved to another CPU re-quantizes.
+    machine=lambda config: {"reduce_range": reduce_range_here(config.quantize.reduce_range)[0]},
     enabled=lambda config: config.quantize.int8 or config.quantize.fp16,
     description="INT8 (static Q/DQ, calibrated) and FP16 ONNX models",
 )

@@ -13,7 +13,14 @@ from onnx import numpy_helper
 
 from pipeline.cli import main
 from pipeline.export import export_onnx, read_metadata
-from pipeline.quantize import CalibrationWarning, Int8Recipe, classifier_nodes, convert_fp16, quantize_int8
+from pipeline.quantize import (
+    CalibrationWarning,
+    Int8Recipe,
+    classifier_nodes,
+    convert_fp16,
+    quantize_int8,
+    resolve_reduce_range,
+)
 from stages.export_onnx import simplify_if_equivalent
 from tests.test_export import toy_net
 
@@ -78,6 +85,35 @@ def test_reduce_range_keeps_int8_weights_within_seven_bits(fp32_file, tmp_path):
     assert weight_extremes(Int8Recipe(activation_type="quint8")) == (-127, 127)
     low, high = weight_extremes(Int8Recipe(activation_type="quint8", reduce_range=True))
     assert -64 <= low and high <= 64 and (low, high) != (0, 0)
+
+
+AVX2_EPYC = frozenset({"sse4_2", "avx", "avx2", "fma"})
+ZEN5_EPYC = AVX2_EPYC | {"avx512f", "avx512bw", "avx512_vnni", "avx_vnni"}
+
+
+@pytest.mark.parametrize("flags, machine, seven_bit, says", [
+    (AVX2_EPYC, "x86_64", True, "no VNNI"),
+    (ZEN5_EPYC, "x86_64", False, "has VNNI (avx512_vnni, avx_vnni)"),
+    (AVX2_EPYC | {"avx_vnni"}, "x86_64", False, "has VNNI (avx_vnni)"),
+    (None, "x86_64", True, "flags are unknown"),
+    (frozenset({"asimd", "asimddp"}), "aarch64", False, "aarch64 CPU"),
+])
+def test_auto_reduce_range_uses_seven_bit_weights_exactly_on_x86_without_vnni(flags, machine, seven_bit, says):
+    chosen, reason = resolve_reduce_range("auto", flags, machine)
+    assert chosen is seven_bit and reason.startswith("auto: ") and says in reason
+
+
+def test_an_explicit_reduce_range_wins_over_the_cpu():
+    assert resolve_reduce_range(True, ZEN5_EPYC, "x86_64")[0] is True
+    assert resolve_reduce_range(False, AVX2_EPYC, "x86_64")[0] is False
+
+
+def test_the_weight_range_and_its_reason_are_in_the_model_metadata(fp32_file, tmp_path):
+    dst = tmp_path / "int8_reason.onnx"
+    recipe = Int8Recipe(activation_type="quint8", reduce_range=True, reduce_range_reason="auto: no VNNI here")
+    info = quantize_int8(fp32_file, dst, calibration(32), recipe)
+    assert info["reduce_range_reason"] == "auto: no VNNI here"
+    assert read_metadata(dst)["int8_weight_range"] == "7-bit (auto: no VNNI here)"
 
 
 def test_few_calibration_images_warn_and_are_recorded(fp32_file, tmp_path):

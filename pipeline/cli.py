@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="with --write-baseline: mIoU points a model or backend may lose (default 0.5)")
     gate.add_argument("--no-latency-ratios", action="store_true",
                       help="with --write-baseline: leave out the backend/PyTorch p50 latency ratios")
+    gate.add_argument("--spread-run", action="append", default=[], type=Path, metavar="RUN_DIR",
+                      help="with --write-baseline: the same config run under another kernel set or thread count "
+                           "(repeatable); trained numbers get a tolerance measured from these runs' spread")
     gate.add_argument("--latency-ratio-max", type=float, default=None, metavar="X",
                       help="with --write-baseline: bound each backend/PyTorch p50 ratio by X instead of "
                            "the measured ratio (noisy CI machines)")
@@ -150,7 +153,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
     if args.write_baseline:
         tolerance = MIOU_ABS_TOL if args.miou_tolerance is None else args.miou_tolerance
-        baseline = write_baseline(args.run_dir, args.baseline, miou_abs_tol=tolerance,
+        baseline = write_baseline(args.run_dir, args.baseline, tuple(args.spread_run), miou_abs_tol=tolerance,
                                   latency_ratios=not args.no_latency_ratios,
                                   latency_ratio_max=args.latency_ratio_max)
         print(f"wrote {args.baseline}: {len(baseline.checks)} checks from {args.run_dir}; review the tolerances "

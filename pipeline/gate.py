@@ -14,7 +14,10 @@ A missing metric fails. A check on a backend that this run reports as ``skipped`
 machine without a GPU) is not gated unless the check says ``required: true``. A run whose config,
 dataset, framework (torch release) or hardware (the CPU or GPU kernels) fingerprint differs from the
 baseline's fails (apples to apples) unless that fingerprint is explicitly ignored; the metric checks run either way, so the
-table still says which numbers moved.
+table still says which numbers moved. A different hardware fingerprint (another CPU type or
+kernel set) is a warning that names both: seeded runs repeat bit for bit only on one kernel set,
+so a baseline meant to travel gates its trained numbers with tolerances measured across kernel
+sets (:func:`spread_tolerances`, ``--spread-run``), and the gate then holds on any machine.
 """
 
 from __future__ import annotations
@@ -284,8 +287,10 @@ def _fingerprint_row(name: str, metrics: dict[str, Any], baseline: Baseline, run
     if name == "framework":
         reason += f" ({now} vs {expected}: trained numbers are exact to the framework release)"
     if name == "hardware":
-        reason += (f" ({now} vs {expected}: trained numbers are exact to the machine type's kernels; "
-                   f"write the baseline on the machine type that gates, e.g. the CI runner's)")
+        reason += (f" ({now} vs {expected}: trained numbers move with the machine type's kernels, so they are "
+                   f"gated with the baseline's tolerances, which hold across kernel sets where they were measured "
+                   f"so (--spread-run))")
+        return Row(label, expected, str(now), "equal", "warn", reason)
     if name == "config" and run_config is not None and baseline.config is not None:
         changed = config_differences(baseline.config, run_config)
         if changed:
@@ -407,9 +412,40 @@ def format_table(result: GateResult) -> str:
 
 
 # ------------------------------------------------------------------------ writing baselines
+SPREAD_MARGIN = 1.5  # tolerance = this x the largest deviation seen across kernel sets and thread counts
+SPREAD_MAY_DIFFER = ("run.threads",)  # a thread count, like a kernel set, changes the float sums' order
+
+
+def depends_on_trained_weights(metric: str) -> bool:
+    """Task metrics, losses and the parity of a quantized backend move with the trained weights,
+    and so with the kernels that trained them; float parity and statuses do not."""
+    return metric.endswith((".miou", ".val_loss")) or (metric.endswith(".max_abs_diff") and "int8" in metric)
+
+
+def spread_tolerances(reference: dict[str, Any], others: list[dict[str, Any]], keys: list[str],
+                      margin: float = SPREAD_MARGIN) -> dict[str, dict[str, float]]:
+    """key -> {"deviation": largest |other - reference| over ``others``, "tolerance": margin x it}.
+
+    ``others`` are metrics.json of the same config trained under other kernel sets and thread
+    counts; a key missing from one of them is an error (the runs must be alike)."""
+    spread = {}
+    for key in keys:
+        base = float(resolve(reference, key))
+        deviations = []
+        for index, other in enumerate(others):
+            try:
+                deviations.append(abs(float(resolve(other, key)) - base))
+            except MissingMetric:
+                raise GateError(f"spread run {index + 1} has no {key}; spread runs must be the same config") from None
+        deviation = max(deviations, default=0.0)
+        spread[key] = {"deviation": round(deviation, 6), "tolerance": round(margin * deviation, 6)}
+    return spread
+
+
 def baseline_from_run(metrics: dict[str, Any], run_config: dict[str, Any] | None = None, *,
                       miou_abs_tol: float = MIOU_ABS_TOL, latency_ratios: bool = True,
-                      latency_ratio_max: float | None = None) -> Baseline:
+                      latency_ratio_max: float | None = None,
+                      spread_runs: list[dict[str, Any]] | None = None) -> Baseline:
     """A baseline that holds this run's numbers, with the default tolerances above.
 
     Every model mIoU and val loss; for every backend the run did not skip: its status, mIoU and,
@@ -417,7 +453,37 @@ def baseline_from_run(metrics: dict[str, Any], run_config: dict[str, Any] | None
     Latency never appears as an absolute number: it depends on the machine. ``latency_ratio_max``
     replaces each ratio's baseline value by that fixed bound (1.0: "no slower than PyTorch"), for
     CI machines too noisy for anything tighter.
+
+    ``spread_runs``: metrics of the same config trained under other kernel sets (and thread
+    counts). Every check of a number that depends on the trained weights then gets, in place of the
+    default, an absolute tolerance of :data:`SPREAD_MARGIN` times the largest deviation measured
+    (never below the default), with the measurement in its note: a baseline that holds on any machine.
     """
+    checks = _checks_from_run(metrics, miou_abs_tol, latency_ratios, latency_ratio_max)
+    run = metrics.get("run", {})
+    fingerprints = {name: run[f"{name}_fingerprint"] for name in FINGERPRINTS if run.get(f"{name}_fingerprint")}
+    source: dict[str, Any] = {"run": run.get("name"), "git_sha": run.get("git_sha"),
+                              "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    if spread_runs:
+        keys = [check.metric for check in checks if check.baseline is not None and depends_on_trained_weights(check.metric)]
+        spread = spread_tolerances(metrics, spread_runs, keys)
+        checks = [_widened(check, spread[check.metric], len(spread_runs)) if check.metric in spread else check
+                  for check in checks]
+        source["spread_runs"] = [{"hardware_fingerprint": other.get("run", {}).get("hardware_fingerprint"),
+                                  "threads": other.get("run", {}).get("threads")} for other in spread_runs]
+    return Baseline(fingerprints=fingerprints, checks=tuple(checks), source=source, config=run_config)
+
+
+def _widened(check: Check, spread: dict[str, float], runs: int) -> Check:
+    default = check.allowed_slack()
+    tolerance = max(spread["tolerance"], default)
+    note = (f"abs_tol = max({SPREAD_MARGIN} x {_fmt(spread['deviation'])}, the largest deviation over {runs} runs "
+            f"under other kernel sets and thread counts; default {_fmt(default)})")
+    return Check(check.metric, check.baseline, check.direction, abs_tol=round(tolerance, 6), note=note)
+
+
+def _checks_from_run(metrics: dict[str, Any], miou_abs_tol: float, latency_ratios: bool,
+                     latency_ratio_max: float | None) -> list[Check]:
     checks: list[Check] = []
     for model in ("teacher", "student_baseline", "student"):
         entry = metrics.get(model, {})
@@ -450,11 +516,7 @@ def baseline_from_run(metrics: dict[str, Any], run_config: dict[str, Any] | None
                 ratio = backend["latency_ms"]["p50"] / reference
                 checks.append(Check(ratio_metric, round(ratio, 4), "lower_is_better", rel_tol=LATENCY_RATIO_REL_TOL,
                                     note="latency relative to PyTorch eager on the same machine; loose on purpose"))
-    run = metrics.get("run", {})
-    fingerprints = {name: run[f"{name}_fingerprint"] for name in FINGERPRINTS if run.get(f"{name}_fingerprint")}
-    source = {"run": run.get("name"), "git_sha": run.get("git_sha"),
-              "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    return Baseline(fingerprints=fingerprints, checks=tuple(checks), source=source, config=run_config)
+    return checks
 
 
 def gate(run_dir: Path, baseline_path: Path, *, ignore_fingerprints: tuple[str, ...] = ()) -> GateResult:
@@ -463,8 +525,18 @@ def gate(run_dir: Path, baseline_path: Path, *, ignore_fingerprints: tuple[str, 
                          ignore_fingerprints=ignore_fingerprints)
 
 
-def write_baseline(run_dir: Path, baseline_path: Path, **options: Any) -> Baseline:
+def write_baseline(run_dir: Path, baseline_path: Path, spread_dirs: tuple[Path, ...] = (), **options: Any) -> Baseline:
     metrics, run_config = read_run(run_dir)
-    baseline = baseline_from_run(metrics, run_config, **options)
+    spread_runs = []
+    for spread_dir in spread_dirs:
+        other, other_config = read_run(spread_dir)
+        changed = [key for key in config_differences(run_config or {}, other_config or {})
+                   if key not in SPREAD_MAY_DIFFER]
+        if changed:
+            raise GateError(f"spread run {spread_dir} differs from {run_dir} in {', '.join(changed[:6])}; spread runs "
+                            f"train the same config (only {', '.join(SPREAD_MAY_DIFFER)} may differ)")
+        other.setdefault("run", {})["threads"] = (other_config or {}).get("run", {}).get("threads")
+        spread_runs.append(other)
+    baseline = baseline_from_run(metrics, run_config, spread_runs=spread_runs or None, **options)
     save_baseline(baseline, baseline_path)
     return baseline

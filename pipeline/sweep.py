@@ -32,7 +32,7 @@ import statistics
 import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import redirect_stderr, redirect_stdout
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,9 @@ class SweepFile(BaseModel):
     overrides: Overrides = Field(default_factory=list, description="applied to every variant")
     seeds: int = Field(3, ge=1, description="student seeds per variant: run.seed, run.seed + 1, ...")
     baseline: str | None = Field("baseline", description="variant that gap closure is measured against")
+    matched_time: list[str] = Field(default_factory=list, description=(
+        "variants that also get a wall-clock-matched baseline: the baseline variant trained for as many "
+        "epochs as fit in the variant's measured training time"))
     variants: dict[str, Overrides] = Field(min_length=1)
 
     @field_validator("variants")
@@ -88,6 +91,12 @@ class SweepFile(BaseModel):
             hint = f"did you mean '{close[0]}'? " if close else ""
             raise ValueError(f"baseline '{self.baseline}' is not one of the variants; {hint}"
                              f"variants: {', '.join(self.variants)} (or set baseline: null)")
+        if self.matched_time and self.baseline is None:
+            raise ValueError("matched_time trains the baseline variant for longer; name a baseline")
+        for name in self.matched_time:
+            if name not in self.variants or name == self.baseline:
+                raise ValueError(f"matched_time names '{name}', which is not a variant other than the baseline; "
+                                 f"variants: {', '.join(self.variants)}")
         return self
 
 
@@ -109,6 +118,8 @@ class Sweep:
     # Applied to every variant (the file's, then the command line's), as "key=value": the tables
     # must say them, since the same sweep file gives other figures under other overrides.
     overrides: tuple[str, ...] = ()
+    base: dict[str, Any] = field(default_factory=dict)  # the base config file's contents
+    common: tuple[tuple[list[str], Any], ...] = ()  # ``overrides`` as (key path, value)
 
     @property
     def teacher_dir(self) -> Path:
@@ -179,22 +190,53 @@ def load_sweep(
     if first_seed is not None and first_seed < 0:
         raise ConfigError(f"--first-seed must be >= 0 (seeds feed numpy's seeding), got {first_seed}")
 
+    shared_data = _deep_copy(base)
+    for keys, value in common:
+        apply_override(shared_data, keys, value)
+    start = first_seed if first_seed is not None else int(_get(shared_data, ["run", "seed"], 0))
     runs = []
     for variant, variant_overrides in spec.variants.items():
         pairs = common + override_pairs(variant_overrides, f"{path} variant '{variant}'")
-        for index in range(count):
-            data = _deep_copy(base)
-            for keys, value in pairs:
-                apply_override(data, keys, value)
-            seed = (first_seed if first_seed is not None else int(_get(data, ["run", "seed"], 0))) + index
-            for keys, value in ((["baseline", "enabled"], False), (["student", "train", "seed"], seed),
-                                (["run", "name"], f"{path.stem}-{variant}-seed{seed}")):
-                apply_override(data, keys, value)
-            config = validate_config(data, f"{path} variant '{variant}' seed {seed}")
-            runs.append(SweepRun(variant, seed, config, out / variant / f"seed{seed}"))
+        runs += [make_run(base, pairs, variant, start + index, path, out) for index in range(count)]
     _check_one_teacher(runs, path)
     shared = tuple(f"{'.'.join(keys)}={json.dumps(value)}" for keys, value in common)
-    return Sweep(path, spec, out, tuple(sorted({run.seed for run in runs})), tuple(runs), shared)
+    return Sweep(path, spec, out, tuple(sorted({run.seed for run in runs})), tuple(runs), shared, base, tuple(common))
+
+
+def make_run(base: dict[str, Any], pairs: list[tuple[list[str], Any]], variant: str, seed: int, path: Path,
+             out: Path) -> SweepRun:
+    """One variant x seed: the base config with ``pairs`` applied, the sweep's own settings on top."""
+    data = _deep_copy(base)
+    for keys, value in pairs:
+        apply_override(data, keys, value)
+    for keys, value in ((["baseline", "enabled"], False), (["student", "train", "seed"], seed),
+                        (["run", "name"], f"{path.stem}-{variant}-seed{seed}")):
+        apply_override(data, keys, value)
+    config = validate_config(data, f"{path} variant '{variant}' seed {seed}")
+    return SweepRun(variant, seed, config, out / variant / f"seed{seed}")
+
+
+def matched_time_runs(sweep: Sweep, results: list[tuple[SweepRun, dict[str, Any]]]) -> list[SweepRun]:
+    """For each ``matched_time`` variant V: the baseline variant for every seed, with its epochs scaled
+    by V's mean training seconds over the baseline's (measured in this sweep), so that the CE-only
+    student gets the wall-clock time the distilled one used: ``<baseline>.time_of_<V>``."""
+    baseline = sweep.spec.baseline
+    seconds = {variant: _mean([m["student"]["seconds_per_step"] * m["student"]["steps"]
+                               for run, m in results if run.variant == variant])
+               for variant in {baseline, *sweep.spec.matched_time}}
+    runs = []
+    for variant in sweep.spec.matched_time:
+        pairs = list(sweep.common) + override_pairs(sweep.spec.variants[baseline], f"{sweep.path} variant '{baseline}'")
+        epochs = next(run.config.student.train.epochs for run in sweep.runs if run.variant == baseline)
+        matched = max(1, round(epochs * seconds[variant] / seconds[baseline]))
+        pairs.append((["student", "train", "epochs"], matched))
+        name = matched_time_name(baseline, variant)
+        runs += [make_run(sweep.base, pairs, name, seed, sweep.path, sweep.out) for seed in sweep.seeds]
+    return runs
+
+
+def matched_time_name(baseline: str, variant: str) -> str:
+    return f"{baseline}.time_of_{variant}"
 
 
 def select_variants(spec: SweepFile, names: list[str] | tuple[str, ...] | None, path: Path) -> SweepFile:
@@ -270,18 +312,28 @@ def run_sweep(
     teacher_record = StageRecord.load(sweep.teacher_dir / TEACHER_STAGE)
     assert teacher_record is not None  # the Runner just completed it
 
-    if jobs == 1:
-        results = []
-        for number, run in enumerate(sweep.runs, 1):
-            print(f"[sweep] run {number}/{len(sweep.runs)}: variant '{run.variant}' seed {run.seed}")
-            results.append((run, train_student(run, sweep.teacher_dir, teacher_record)))
-    else:
-        results = train_students_in_parallel(sweep, teacher_record, jobs)
+    results = train_students(sweep, sweep.runs, teacher_record, jobs)
+    if sweep.spec.matched_time:
+        extra = matched_time_runs(sweep, results)
+        print(f"[sweep] wall-clock-matched baselines: "
+              + ", ".join(f"'{run.variant}' {run.config.student.train.epochs} epochs" for run in extra[::len(sweep.seeds)]))
+        results += train_students(sweep, tuple(extra), teacher_record, jobs)
 
     table = summarise(sweep, teacher_metrics, teacher_record, results)
     atomic_write_json(sweep.out / "sweep.json", table)
     atomic_write_text(sweep.out / "sweep.md", sweep_markdown(table))
     return table
+
+
+def train_students(sweep: Sweep, runs: tuple[SweepRun, ...], teacher_record: StageRecord,
+                   jobs: int) -> list[tuple[SweepRun, dict[str, Any]]]:
+    if jobs > 1:
+        return train_students_in_parallel(sweep, runs, teacher_record, jobs)
+    results = []
+    for number, run in enumerate(runs, 1):
+        print(f"[sweep] run {number}/{len(runs)}: variant '{run.variant}' seed {run.seed}")
+        results.append((run, train_student(run, sweep.teacher_dir, teacher_record)))
+    return results
 
 
 def train_student(run: SweepRun, teacher_dir: Path, teacher_record: StageRecord) -> dict[str, Any]:
@@ -316,7 +368,8 @@ def _exit_with_parent() -> None:
         threading.Thread(target=lambda: (parent.join(), os._exit(1)), daemon=True).start()
 
 
-def train_students_in_parallel(sweep: Sweep, teacher_record: StageRecord, jobs: int) -> list[tuple[SweepRun, dict[str, Any]]]:
+def train_students_in_parallel(sweep: Sweep, sweep_runs: tuple[SweepRun, ...], teacher_record: StageRecord,
+                               jobs: int) -> list[tuple[SweepRun, dict[str, Any]]]:
     """Every run of ``sweep``, ``jobs`` at a time in spawned processes; results in the sweep's order.
 
     A run without ``run.threads`` gets ``threads_per_job`` threads, so the jobs share the CPUs instead
@@ -326,7 +379,7 @@ def train_students_in_parallel(sweep: Sweep, teacher_record: StageRecord, jobs: 
     is kept), then the sweep stops with the failure and the run's log."""
     threads = threads_per_job(jobs)
     runs = [run if run.config.run.threads else replace(run, config=run.config.model_copy(update={
-        "run": run.config.run.model_copy(update={"threads": threads})})) for run in sweep.runs]
+        "run": run.config.run.model_copy(update={"threads": threads})})) for run in sweep_runs]
     print(f"[sweep] {jobs} jobs at a time, {threads} thread(s) each unless run.threads is set; "
           f"progress in <run>/{SWEEP_LOG}", flush=True)
     metrics: dict[int, dict[str, Any]] = {}
@@ -352,7 +405,7 @@ def train_students_in_parallel(sweep: Sweep, teacher_record: StageRecord, jobs: 
     if failures:
         raise PipelineError("sweep stopped: " + "; ".join(failures) + ". Finished runs are kept: fix the cause and "
                             "run the same command again to resume")
-    return [(run, metrics[index]) for index, run in enumerate(sweep.runs)]
+    return [(run, metrics[index]) for index, run in enumerate(sweep_runs)]
 
 
 def reuse_teacher(source: Path, target: Path, record: StageRecord) -> None:
@@ -411,11 +464,16 @@ def summarise(
     teacher_miou = teacher_metrics["teacher"]["miou"]
     variants: dict[str, dict[str, Any]] = {}
     for run, metrics in results:
+        matched_to = next((v for v in sweep.spec.matched_time
+                           if run.variant == matched_time_name(str(sweep.spec.baseline), v)), None)
         entry = variants.setdefault(run.variant, {
-            "overrides": sweep.spec.variants[run.variant],
+            "overrides": sweep.spec.variants[sweep.spec.baseline if matched_to else run.variant],
             "methods": method_label(run.config),
             "runs": [],
         })
+        if matched_to:
+            entry["matched_time_of"] = matched_to
+            entry["epochs"] = run.config.student.train.epochs
         student = metrics["student"]
         entry["runs"].append({
             "seed": run.seed,
@@ -423,6 +481,7 @@ def summarise(
             "miou": student["miou"],
             "seconds_per_step": student["seconds_per_step"],
             "steps": student["steps"],
+            "seconds": round(student["seconds_per_step"] * student["steps"], 2),
         })
     baseline_mean = None
     if sweep.spec.baseline is not None:
@@ -432,11 +491,16 @@ def summarise(
         entry["miou_mean"] = _mean(mious)
         entry["miou_std"] = _std(mious)
         entry["seconds_per_step"] = _mean([r["seconds_per_step"] for r in entry["runs"]])
+        entry["seconds"] = _mean([r["seconds"] for r in entry["runs"]])
         entry["delta_vs_baseline"] = None if baseline_mean is None else round(entry["miou_mean"] - baseline_mean, 4)
-        gap = None if baseline_mean is None else teacher_miou - baseline_mean
-        entry["gap_closure_percent"] = (
-            None if gap is None or abs(gap) < 1e-9 else round(100.0 * (entry["miou_mean"] - baseline_mean) / gap, 2)
-        )
+        entry["gap_closure_percent"] = gap_closure(teacher_miou, baseline_mean, entry["miou_mean"])
+    for variant in sweep.spec.matched_time:
+        matched = variants.get(matched_time_name(str(sweep.spec.baseline), variant))
+        if matched is not None and variant in variants:
+            entry = variants[variant]
+            entry["delta_vs_matched_time_baseline"] = round(entry["miou_mean"] - matched["miou_mean"], 4)
+            entry["gap_closure_vs_matched_time_percent"] = gap_closure(teacher_miou, matched["miou_mean"],
+                                                                       entry["miou_mean"])
     return {
         "sweep": str(sweep.path),
         "description": sweep.spec.description,
@@ -455,6 +519,13 @@ def summarise(
     }
 
 
+def gap_closure(teacher: float, baseline: float | None, student: float) -> float | None:
+    """Percent of the teacher-baseline gap the student closes; None without a baseline or a gap."""
+    if baseline is None or abs(teacher - baseline) < 1e-9:
+        return None
+    return round(100.0 * (student - baseline) / (teacher - baseline), 2)
+
+
 def _pm(mean: float | None, std: float | None) -> str:
     if mean is None:
         return "-"
@@ -465,9 +536,14 @@ def sweep_markdown(table: dict[str, Any]) -> str:
     rows = []
     for name, entry in table["variants"].items():
         label = f"{name} (baseline)" if name == table["baseline"] else name
+        if "matched_time_of" in entry:
+            label += f" ({entry['epochs']} epochs)"
         rows.append([label, entry["methods"], len(entry["runs"]), _pm(entry["miou_mean"], entry["miou_std"]),
-                     entry["delta_vs_baseline"], entry["gap_closure_percent"], entry["seconds_per_step"]])
-    header = ["variant", "loss", "seeds", "student mIoU % (mean ± std)", "Δ vs baseline", "gap closure %", "s/step"]
+                     entry["delta_vs_baseline"], entry["gap_closure_percent"],
+                     entry.get("gap_closure_vs_matched_time_percent", "-"), entry["seconds_per_step"],
+                     entry.get("seconds", "-")])
+    header = ["variant", "loss", "seeds", "student mIoU % (mean ± std)", "Δ vs baseline", "gap closure %",
+              "gap closure % at matched time", "s/step", "s/run"]
     versions = table["run"].get("versions", {})
     lines = [
         f"# Sweep {Path(table['sweep']).name}",
@@ -478,7 +554,9 @@ def sweep_markdown(table: dict[str, Any]) -> str:
         f"Student seeds: {table['seeds']}. Gap closure = (student - baseline) / (teacher - baseline), "
         f"from the variants' mean mIoU; std is the sample standard deviation over seeds. "
         f"s/step = mean seconds per training step (the teacher's forward pass included where a method reads "
-        f"the teacher's outputs).",
+        f"the teacher's outputs); s/run = mean training seconds per run. A `<baseline>.time_of_<variant>` row is "
+        f"the baseline trained for as many epochs as fit in that variant's measured training time (distillation "
+        f"steps cost more); gap closure at matched time is measured against it.",
         f"Overrides applied to every variant: {', '.join(f'`{o}`' for o in table.get('overrides', [])) or 'none'}.",
         "",
         markdown_table(header, rows),

@@ -82,7 +82,8 @@ def build_optimizer(task: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
                                weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # The fused kernel updates every parameter in one pass: about 8% of a small model's CPU step.
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
 
 def lr_factor(cfg: TrainConfig, step: int, total_steps: int) -> float:
@@ -304,22 +305,24 @@ def train(
         result.steps += steps_per_epoch
         result.seconds += epoch_seconds
         means = _mean_over_ranks(sums, steps_per_epoch, device)
-        distributed.broadcast_buffers(task)  # evaluate rank 0's BN statistics (the ones it saves) everywhere
-        evaluation = evaluate(task.deployable, val_loader, make_evaluator(), device, runtime=runtime)
-        result.final_evaluation = evaluation
-        figures = evaluation.evaluator.scalars()
         row = {
             "epoch": epoch + 1,
             **means,
-            "val_loss": evaluation.loss,
-            **{f"val_{name}": value for name, value in figures.items()},
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": epoch_seconds,
             "images_per_second": steps_per_epoch * cfg.batch_size / max(epoch_seconds, 1e-9),
         }
+        status = ""
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            distributed.broadcast_buffers(task)  # evaluate rank 0's BN statistics (the ones it saves) everywhere
+            evaluation = evaluate(task.deployable, val_loader, make_evaluator(), device, runtime=runtime)
+            result.final_evaluation = evaluation
+            figures = evaluation.evaluator.scalars()
+            row.update({"val_loss": evaluation.loss, **{f"val_{name}": value for name, value in figures.items()}})
+            headline, value = next(iter(figures.items()))
+            status = f" val {headline} {value:.2f}"
         result.history.append(row)
-        headline, value = next(iter(figures.items()))
-        _say(main, f"[{desc}] epoch {epoch + 1}/{cfg.epochs} loss {row['loss']:.4f} val {headline} {value:.2f} "
+        _say(main, f"[{desc}] epoch {epoch + 1}/{cfg.epochs} loss {row['loss']:.4f}{status} "
                    f"({epoch_seconds:.1f} s, {row['images_per_second']:.1f} images/s)")
         if main:
             atomic_torch_save(

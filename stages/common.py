@@ -75,6 +75,18 @@ def tensorboard_writer(ctx: StageContext, desc: str) -> EpochBoard | None:
     return EpochBoard(SummaryWriter(log_dir=str(ctx.dir / "tensorboard")))
 
 
+def last_quarter_change(history: list[dict[str, Any]]) -> float | None:
+    """How far the headline val figure (mIoU, top-1) moved over the last quarter of training: max - min
+    over the epochs from the one at 75% of training to the last. Under 1 point = plateaued."""
+    evaluated = [row for row in history if "val_loss" in row]  # train.eval_every may skip epochs
+    key = next((k for k in evaluated[-1] if k.startswith("val_") and k != "val_loss"), None) if evaluated else None
+    start = 0.75 * history[-1]["epoch"] if history else 0
+    values = [row[key] for row in evaluated if row["epoch"] >= start] if key else []
+    if len(values) < 2:
+        return None
+    return round(max(values) - min(values), 4)
+
+
 def run_training(ctx: StageContext, task: nn.Module, train_cfg: TrainConfig, role: str, desc: str) -> StageResult:
     """Train ``task``, write ``model.pt`` (deployable weights) and ``history.jsonl``, return metrics.
 
@@ -118,6 +130,7 @@ def run_training(ctx: StageContext, task: nn.Module, train_cfg: TrainConfig, rol
         "device": str(device),
         "world_size": distributed.world_size(),
         "amp": runtime.amp,
+        "last_quarter_change": last_quarter_change(result.history),
     })
     if torch.cuda.is_available() and device.type == "cuda":
         summary["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)

@@ -28,8 +28,8 @@ class Interrupt(Exception):
     pass
 
 
-def fit(checkpoint: Path, stop_after_epoch: int | None = None):
-    config = load_config(None, TINY)
+def fit(checkpoint: Path, stop_after_epoch: int | None = None, overrides: tuple[str, ...] = ()):
+    config = load_config(None, [*TINY, *overrides])
     torch.manual_seed(0)
     info, train_set, val_set = data_splits(config)
     task = SupervisedTask(build_student(config))
@@ -90,3 +90,21 @@ def test_a_killed_pipeline_resumes_training_from_the_last_epoch(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "resuming from checkpoint after epoch" in done.stdout
     assert (out / "train_teacher" / "_complete.json").exists()
+
+
+def test_eval_every_evaluates_every_nth_epoch_and_always_the_last(tmp_path):
+    _, result = fit(tmp_path / "ckpt.pt", overrides=("student.train.eval_every=2",))
+    assert [("val_miou" in row) for row in result.history] == [False, True, True]
+    assert result.final_evaluation is not None and "loss" in result.history[0]
+
+
+def test_the_last_quarter_change_is_the_spread_of_the_evaluated_epochs_from_75_percent_on():
+    from stages.common import last_quarter_change
+
+    history = [{"epoch": e, "loss": 1.0, "val_loss": 0.5, "val_miou": m}
+               for e, m in zip(range(1, 9), [10, 20, 30, 40, 50, 60.5, 61.0, 60.0])]
+    assert last_quarter_change(history) == 1.0  # epochs 6, 7, 8
+    sparse = [row if row["epoch"] % 3 == 0 or row["epoch"] == 8 else {"epoch": row["epoch"], "loss": 1.0}
+              for row in history]
+    assert last_quarter_change(sparse) == 0.5  # epochs 6 and 8 were evaluated
+    assert last_quarter_change(sparse[:1]) is None

@@ -48,9 +48,10 @@ def training_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> byt
         colour = f"C{index}"
         epochs = [row["epoch"] for row in rows]
         loss_ax.plot(epochs, [row.get("loss") for row in rows], "-o", color=colour, label=f"{label} (train)")
-        if all("val_loss" in row for row in rows):
-            loss_ax.plot(epochs, [row["val_loss"] for row in rows], "--s", color=colour, label=f"{label} (val)")
-        miou_ax.plot(epochs, [row.get("val_miou") for row in rows], "-o", color=colour, label=label)
+        evaluated = [row for row in rows if "val_loss" in row]  # train.eval_every may skip epochs
+        val_epochs = [row["epoch"] for row in evaluated]
+        loss_ax.plot(val_epochs, [row["val_loss"] for row in evaluated], "--s", color=colour, label=f"{label} (val)")
+        miou_ax.plot(val_epochs, [row.get("val_miou") for row in evaluated], "-o", color=colour, label=label)
     loss_ax.set(title="loss per epoch", xlabel="epoch", ylabel="loss")
     miou_ax.set(title="val mIoU per epoch", xlabel="epoch", ylabel="mIoU %")
     for ax in (loss_ax, miou_ax):

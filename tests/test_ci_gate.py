@@ -1,68 +1,69 @@
-"""The project's own CI gate: the smoke run must pass the committed baseline (or, on another torch
-release or machine type, the gate must refuse to compare its trained numbers and say why), and
-deliberately degraded runs (a student trained far too briefly; INT8 calibrated on wrongly scaled images) must
-fail a baseline written from this machine's smoke run with a message that names the metric that regressed."""
+"""The project's own CI gate: the smoke run must pass the committed baseline on any machine type (a
+different CPU or kernel set is a warning; the baseline's trained-number tolerances were measured
+across kernel sets and thread counts), and deliberately degraded runs (a student trained for one
+step; INT8 calibrated on wrongly scaled images) must fail it by at least three times its tolerance,
+with a message that names the metric that regressed."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from pipeline.cli import main
+from pipeline.gate import load_baseline
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 BASELINE = str(ROOT / "tests" / "baselines" / "smoke.json")
 
 
-def depends_on_trained_weights(metric: str) -> bool:
-    """Task metrics, losses and the parity of a quantised backend move with the trained weights."""
-    return metric.endswith((".miou", ".val_loss")) or (metric.endswith(".max_abs_diff") and "int8" in metric)
-
-
 def gate(run: Path, *options: str, baseline: Path | str = BASELINE) -> int:
     return main(["gate", str(run), "--baseline", str(baseline), *options])
 
 
-@pytest.fixture(scope="module")
-def local_baseline(smoke_reference: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A baseline written from this machine's smoke run, as `make baseline` writes the committed one."""
-    path = tmp_path_factory.mktemp("baseline") / "smoke.json"
-    assert gate(smoke_reference, "--write-baseline", "--latency-ratio-max", "1.0", baseline=path) == 0
-    return path
+def check(metric: str):
+    return next(c for c in load_baseline(Path(BASELINE)).checks if c.metric == metric)
+
+
+def metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+def same_framework(run: Path) -> bool:
+    written = json.loads(Path(BASELINE).read_text())["fingerprints"]
+    return written.get("framework") == metrics(run)["run"]["framework_fingerprint"]
 
 
 def test_the_smoke_run_passes_the_committed_baseline(smoke_reference, capsys):
     code = gate(smoke_reference)
     out = capsys.readouterr().out
-    now = json.loads((smoke_reference / "metrics.json").read_text())["run"]
-    written = json.loads(Path(BASELINE).read_text())["fingerprints"]
-    differ = [name for name in ("framework", "hardware") if name in written and written[name] != now[f"{name}_fingerprint"]]
-    if differ:
-        # Trained numbers are exact to the torch release and the machine type's kernels: elsewhere the gate
-        # must refuse to compare and say why, rather than report a misleading regression ...
-        assert code == 1 and all(f"{name} fingerprint differs from the baseline's" in out for name in differ), out
-        # ... while everything that does not depend on them (strip proof, backend status, float parity) still
-        # passes. INT8 parity does depend on them: the quantisation error scales with the trained weights'
-        # and activations' ranges (on an AVX2 EPYC the smoke student's INT8 max abs diff was 0.94, not 0.13).
-        assert gate(smoke_reference, *[f"--ignore-fingerprint={name}" for name in differ]) in (0, 1)
-        out = capsys.readouterr().out
-        failed = [line.split()[0] for line in out.splitlines() if line.rstrip().endswith("FAIL")]
-        assert all(depends_on_trained_weights(metric) for metric in failed), out
-        return
+    if not same_framework(smoke_reference):
+        # Trained numbers move more between torch releases than any useful tolerance: the gate refuses
+        # to compare and says why, rather than report a misleading regression.
+        assert code == 1 and "framework fingerprint differs from the baseline's" in out, out
+        pytest.skip("the committed baseline was written with another torch release; `make baseline` rewrites it")
     assert code == 0, (f"the smoke run regressed against {BASELINE}:\n{out}\nIf the change is intended, "
                        f"regenerate the baseline with `make baseline` and commit it.")
     assert "gate passed" in out
 
 
+def test_the_baselines_trained_number_tolerances_were_measured_across_kernel_sets():
+    written = json.loads(Path(BASELINE).read_text())
+    assert len(written["source"]["spread_runs"]) >= 3
+    for metric in ("teacher.miou", "student_baseline.miou", "student.miou", "backends.onnxruntime-int8.miou"):
+        assert "largest deviation over" in check(metric).note, metric
+
+
 def test_rerunning_training_gives_identical_weights_and_metrics(smoke_reference, smoke_copy):
-    # The baseline's tight tolerances rely on this: a re-run on the same machine is bit-identical.
+    # On one machine a re-run is bit-identical, so any movement is a real change.
     assert main(["run", SMOKE, "--out", str(smoke_copy), "--force", "train_student_baseline",
                  "--force", "distill_student", "--until", "distill_student"]) == 0
-    again = json.loads((smoke_copy / "metrics.json").read_text())
-    first = json.loads((smoke_reference / "metrics.json").read_text())
+    again, first = metrics(smoke_copy), metrics(smoke_reference)
     assert again["stages"]["distill_student"]["status"] == "ran"
     for model in ("student_baseline", "student"):
         for key in ("miou", "val_loss", "per_class_iou", "pixel_accuracy"):
@@ -71,39 +72,62 @@ def test_rerunning_training_gives_identical_weights_and_metrics(smoke_reference,
         assert (smoke_copy / stage / weights).read_bytes() == (smoke_reference / stage / weights).read_bytes()
 
 
-def test_a_student_trained_far_too_briefly_fails_the_gate_naming_the_metric(smoke_copy, local_baseline, capsys):
+def test_a_student_trained_for_one_step_fails_the_gate_by_three_tolerances(smoke_reference, smoke_copy, capsys):
+    if not same_framework(smoke_reference):
+        pytest.skip("the committed baseline was written with another torch release")
     assert main(["run", SMOKE, "--out", str(smoke_copy), "student.train.epochs=1",
                  "student.train.max_steps_per_epoch=1"]) == 0
     capsys.readouterr()
     # The config changed on purpose, so its fingerprint differs: that alone fails ...
-    assert gate(smoke_copy, baseline=local_baseline) == 1
+    assert gate(smoke_copy) == 1
     out = capsys.readouterr().out
     assert "config fingerprint differs" in out and "student.train.epochs" in out
-    # ... and with the config change accepted, the regressed metrics are what fails.
-    assert gate(smoke_copy, "--ignore-fingerprint", "config", baseline=local_baseline) == 1
+    # ... and with the config change accepted, the regressed metrics are what fails, by a wide margin.
+    assert gate(smoke_copy, "--ignore-fingerprint", "config") == 1
     out = capsys.readouterr().out
-    assert "student.val_loss regressed" in out
-    assert "teacher.miou" in out and "FAIL" not in _row(out, "teacher.miou")
+    assert "student.miou regressed" in out and "FAIL" not in _row(out, "teacher.miou")
+    student = check("student.miou")
+    assert metrics(smoke_copy)["student"]["miou"] <= student.baseline - 3 * student.abs_tol
 
 
 def _row(table: str, metric: str) -> str:
     return next(line for line in table.splitlines() if line.startswith(metric + " "))
 
 
-def test_int8_calibrated_on_wrongly_scaled_images_fails_the_gate_naming_the_metric(smoke_copy, local_baseline,
-                                                                                    monkeypatch, capsys):
+def test_int8_calibrated_on_wrongly_scaled_images_fails_the_gate_by_three_tolerances(smoke_reference, smoke_copy,
+                                                                                     monkeypatch, capsys):
     # The classic INT8 bug: calibration images on another scale than the model's inputs (0-255 pixels
-    # instead of normalised ones), so every activation range is far too wide. (Calibrating on one image
-    # is no such test: on an AVX2 EPYC the smoke student's one-image INT8 model was as good as the
-    # 64-image one, and the gate rightly passed it.)
+    # instead of normalised ones), so every activation range is far too wide.
+    if not same_framework(smoke_reference):
+        pytest.skip("the committed baseline was written with another torch release")
     import stages.quantize
 
     calibration_images = stages.quantize.calibration_images
     monkeypatch.setattr(stages.quantize, "calibration_images", lambda ctx: calibration_images(ctx) * 255.0)
     assert main(["run", SMOKE, "--out", str(smoke_copy), "--force", "quantize"]) == 0
     capsys.readouterr()
-    assert gate(smoke_copy, baseline=local_baseline) == 1
+    assert gate(smoke_copy) == 1
     out = capsys.readouterr().out
     failed = [line.split()[0] for line in out.splitlines() if line.rstrip().endswith("FAIL")]
     assert failed and all(metric.startswith("backends.onnxruntime-int8.") for metric in failed), out
-    assert "backends.onnxruntime-int8.max_abs_diff regressed" in out
+    assert "backends.onnxruntime-int8.miou regressed" in out
+    int8 = check("backends.onnxruntime-int8.miou")
+    assert metrics(smoke_copy)["backends"]["onnxruntime-int8"]["miou"] <= int8.baseline - 3 * int8.abs_tol
+
+
+@pytest.mark.slow
+def test_the_smoke_run_on_torchs_portable_kernels_passes_the_committed_baseline(tmp_path, smoke_reference):
+    """ATEN_CPU_CAPABILITY=default swaps every vectorised ATen kernel for the portable one: another
+    kernel set on this very machine, the same kind of change as another CPU type."""
+    if not same_framework(smoke_reference):
+        pytest.skip("the committed baseline was written with another torch release")
+    out = tmp_path / "portable"
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
+    done = subprocess.run([sys.executable, "-m", "pipeline", "run", SMOKE, "--out", str(out)], env=env, cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert metrics(out)["run"]["hardware_fingerprint"].startswith("cpu-DEFAULT-")
+    result = subprocess.run([sys.executable, "-m", "pipeline", "gate", str(out), "--baseline", BASELINE],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+    assert "hardware fingerprint differs" in result.stdout  # a warning naming both kernel sets

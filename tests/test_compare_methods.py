@@ -21,9 +21,9 @@ COMPARE = ROOT / "configs" / "compare_methods.yaml"
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 
 
-def test_the_comparison_sweep_covers_every_method_with_valid_settings_and_three_seeds():
+def test_the_comparison_sweep_covers_every_method_with_valid_settings_and_five_seeds():
     sweep = yaml.safe_load(COMPARE.read_text())
-    assert sweep["base"] == "default.yaml" and sweep["seeds"] == 3
+    assert sweep["base"] == "default.yaml" and sweep["seeds"] == 5
     named = {spec["name"] for variant in sweep["variants"].values() for spec in variant["distill.methods"]}
     ablation = yaml.safe_load((ROOT / "configs" / "ablation_tat.yaml").read_text())
     halves = {spec["name"] for variant in ablation["variants"].values() for spec in variant["distill.methods"]}

@@ -43,8 +43,10 @@ def models_table(metrics: dict[str, Any]) -> str:
     for key, label in MODEL_ROWS:
         model = metrics.get(key)
         if model and metric in model:
-            rows.append([label, model.get("params"), model[metric], model.get(second), model.get("seconds_per_step")])
-    return markdown_table(["model", "params", metric_column, second_column, "s/step"], rows)
+            rows.append([label, model.get("params"), model[metric], model.get(second), model.get("last_quarter_change"),
+                         model.get("seconds_per_step")])
+    # How far the val figure moved over the last quarter of training: under 1 point, the model levelled off.
+    return markdown_table(["model", "params", metric_column, second_column, "last-quarter change", "s/step"], rows)
 
 
 def backends_table(metrics: dict[str, Any]) -> str:

@@ -315,7 +315,7 @@ def run_sweep(
     results = train_students(sweep, sweep.runs, teacher_record, jobs)
     if sweep.spec.matched_time:
         extra = matched_time_runs(sweep, results)
-        print(f"[sweep] wall-clock-matched baselines: "
+        print("[sweep] wall-clock-matched baselines: "
               + ", ".join(f"'{run.variant}' {run.config.student.train.epochs} epochs" for run in extra[::len(sweep.seeds)]))
         results += train_students(sweep, tuple(extra), teacher_record, jobs)
 

@@ -22,6 +22,7 @@ from pipeline.sweep import load_sweep
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {  # smoke-sized and smaller: seconds per training
     "run.threads": 1,
+    "data.image_size": 32,
     "data.train_size": 32,
     "data.val_size": 8,
     "teacher.train": {"epochs": 1, "batch_size": 8, "max_steps_per_epoch": 2},

@@ -30,8 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.artifacts import atomic_write_json, atomic_write_text
-from pipeline.benchmarks.tat import machine, median_ms
+from pipeline.benchmarks.common import machine, median_ms, train_step, write_results
 from pipeline.summary import markdown_table
 
 
@@ -83,16 +82,6 @@ def model_parts(model: nn.Module, images: Tensor, targets: Tensor) -> dict[str, 
         F.cross_entropy(logits, targets).backward()
 
     return {"backbone": backbone, "aspp": aspp, "decoder": decoder}
-
-
-def train_step(task: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor,
-               targets: Tensor) -> Callable[[], None]:
-    def step() -> None:
-        loss, _ = task(images, targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return step
 
 
 def profile_model(role: str, model: nn.Module, images: Tensor, targets: Tensor, train_cfg: Any,
@@ -219,9 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     result["command"] = "python -m pipeline.benchmarks.step_profile " + " ".join(
         argv if argv is not None else sys.argv[1:])
     result["machine"] = machine(device)
-    atomic_write_json(args.out / "step_profile.json", result)
-    atomic_write_text(args.out / "step_profile.md", markdown(result))
-    print(f"[step profile] wrote {args.out / 'step_profile.json'} and {args.out / 'step_profile.md'}")
+    write_results(args.out, "step_profile", result, markdown(result), "step profile")
     return 0
 
 

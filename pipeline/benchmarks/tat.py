@@ -24,19 +24,15 @@ import argparse
 import copy
 import json
 import math
-import platform
 import resource
-import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pipeline.artifacts import atomic_write_json, atomic_write_text
+from pipeline.benchmarks.common import machine, median_ms, synchronize, train_step, write_results
 from pipeline.distill.tat import TaTLoss
 from pipeline.summary import markdown_table
 
@@ -48,25 +44,6 @@ def grid_for(positions: int) -> tuple[int, int]:
     """(H, W) with H * W = positions and H the largest divisor <= sqrt(positions)."""
     height = max(d for d in range(1, math.isqrt(positions) + 1) if positions % d == 0)
     return height, positions // height
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_ms(step: Callable[[], None], device: torch.device, repeats: int, warmup: int) -> dict[str, float]:
-    for _ in range(warmup):
-        step()
-    synchronize(device)
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        step()
-        synchronize(device)
-        samples.append((time.perf_counter() - started) * 1000)
-    return {"median_ms": round(statistics.median(samples), 3), "min_ms": round(min(samples), 3),
-            "repeats": repeats}
 
 
 def loss_setup(positions: int, channels: int, batch: int, heads: int, implementation: str, device: torch.device):
@@ -198,22 +175,14 @@ def overhead_benchmark(args: argparse.Namespace, device: torch.device) -> dict[s
     distiller.train()
     plain.train()
 
-    def train_step(task: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Callable[[], None]:
-        def step() -> None:
-            loss, _ = task(images, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        return step
-
     def teacher_forward() -> None:
         with torch.no_grad():
             distiller.teacher.forward_features(images)
 
     timing = {
-        "distill_step": median_ms(train_step(distiller, distill_optimizer), device, args.overhead_repeats, args.warmup),
+        "distill_step": median_ms(train_step(distiller, distill_optimizer, images, targets), device, args.overhead_repeats, args.warmup),
         "teacher_forward": median_ms(teacher_forward, device, args.overhead_repeats, args.warmup),
-        "student_step": median_ms(train_step(plain, plain_optimizer), device, args.overhead_repeats, args.warmup),
+        "student_step": median_ms(train_step(plain, plain_optimizer, images, targets), device, args.overhead_repeats, args.warmup),
     }
     reference = timing["teacher_forward"]["median_ms"] + timing["student_step"]["median_ms"]
     overhead = timing["distill_step"]["median_ms"] / reference
@@ -234,17 +203,6 @@ def overhead_benchmark(args: argparse.Namespace, device: torch.device) -> dict[s
 
 
 # ------------------------------------------------------------------------------- output
-def machine(device: torch.device) -> dict[str, Any]:
-    from pipeline.environment import git_sha, hardware_fingerprint, versions
-
-    info = {"platform": platform.platform(), "processor": platform.processor(), "torch_threads": torch.get_num_threads(),
-            "device": str(device), "hardware": hardware_fingerprint(device), "git_sha": git_sha(),
-            "versions": versions()}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
 def markdown(result: dict[str, Any]) -> str:
     lines = ["# TaT benchmark", "", f"`{result['command']}`", "",
              f"Machine: {result['machine']['platform']}, device {result['machine']['device']}"
@@ -317,9 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         result["attention"] = attention_benchmark(args, device)
     if not args.skip_overhead:
         result["overhead"] = overhead_benchmark(args, device)
-    atomic_write_json(args.out / "tat.json", result)
-    atomic_write_text(args.out / "tat.md", markdown(result))
-    print(f"[tat bench] wrote {args.out / 'tat.json'} and {args.out / 'tat.md'}")
+    write_results(args.out, "tat", result, markdown(result), "tat bench")
     return 0
 
 

@@ -12,12 +12,12 @@ more conditions:
 
 A missing metric fails. A check on a backend that this run reports as ``skipped`` (TensorRT on a
 machine without a GPU) is not gated unless the check says ``required: true``. A run whose config,
-dataset, framework (torch release) or hardware (the CPU or GPU kernels) fingerprint differs from the
-baseline's fails (apples to apples) unless that fingerprint is explicitly ignored; the metric checks run either way, so the
-table still says which numbers moved. A different hardware fingerprint (another CPU type or
-kernel set) is a warning that names both: seeded runs repeat bit for bit only on one kernel set,
-so a baseline meant to travel gates its trained numbers with tolerances measured across kernel
-sets (:func:`spread_tolerances`, ``--spread-run``), and the gate then holds on any machine.
+dataset or framework (torch release) fingerprint differs from the baseline's fails (apples to
+apples) unless that fingerprint is explicitly ignored; the metric checks run either way, so the
+table still says which numbers moved. A different hardware fingerprint (another CPU type or kernel
+set) is a warning that names both: seeded runs repeat bit for bit only on one kernel set, so a
+baseline meant to travel gates its trained numbers with tolerances measured across kernel sets
+(:func:`spread_tolerances`, ``--spread-run``).
 """
 
 from __future__ import annotations
@@ -287,9 +287,8 @@ def _fingerprint_row(name: str, metrics: dict[str, Any], baseline: Baseline, run
     if name == "framework":
         reason += f" ({now} vs {expected}: trained numbers are exact to the framework release)"
     if name == "hardware":
-        reason += (f" ({now} vs {expected}: trained numbers move with the machine type's kernels, so they are "
-                   f"gated with the baseline's tolerances, which hold across kernel sets where they were measured "
-                   f"so (--spread-run))")
+        reason += (f" ({now} vs {expected}: trained numbers move with the kernels; they are gated with the "
+                   f"baseline's tolerances, measured across kernel sets when it was written with --spread-run)")
         return Row(label, expected, str(now), "equal", "warn", reason)
     if name == "config" and run_config is not None and baseline.config is not None:
         changed = config_differences(baseline.config, run_config)

@@ -1,4 +1,4 @@
-"""The paper's segmentation configurations carry METHODS.md's hyperparameters, and one of them
+"""The paper's segmentation configurations carry docs/METHODS.md's hyperparameters, and one of them
 starts training on a folder in the Pascal VOC layout."""
 
 from __future__ import annotations

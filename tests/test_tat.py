@@ -1,5 +1,5 @@
 """TaT losses (pipeline/distill/tat.py): the fused attention equals the materialised reference,
-the non-parametric loss is exactly the METHODS.md formula, gradients never reach the teacher, and
+the non-parametric loss is exactly the docs/METHODS.md formula, gradients never reach the teacher, and
 the patch/group rearrangement keeps every position where it belongs."""
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def test_sdpa_runs_a_fused_kernel_that_never_stores_the_n_by_n_matrix():
 
 def test_non_parametric_equal_widths_is_the_methods_formula_computed_by_hand():
     f_s, f_t = features(4, 4, 3, 5, batch=2)
-    # METHODS.md: out_i = sum_j softmax_j(<f_s_i, f_t_j>) f_s_j ; L = mean((out - f_t)^2)
+    # docs/METHODS.md: out_i = sum_j softmax_j(<f_s_i, f_t_j>) f_s_j ; L = mean((out - f_t)^2)
     expected = 0.0
     for b in range(2):
         s = f_s[b].reshape(4, -1).T  # N x C, positions in raster order

@@ -1,7 +1,7 @@
 """Target-aware Transformer (TaT) distillation losses, usable in any training loop.
 
 Knowledge Distillation via the Target-aware Transformer (CVPR 2022); exact specification in
-METHODS.md section 1. Each loss is an ``nn.Module`` called as ``loss = module(f_s, f_t)`` on
+docs/METHODS.md section 1. Each loss is an ``nn.Module`` called as ``loss = module(f_s, f_t)`` on
 (B, C, H, W) student and teacher features; the teacher is always detached.
 
 - :class:`TaTLoss`: one-to-all matching. The student feature is reconfigured by attention

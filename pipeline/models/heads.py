@@ -2,7 +2,7 @@
 
 Each head maps backbone features to ``(logits at the head's stride, decoder feature)``. The
 decoder feature is the last 3x3 conv's BatchNorm output *before* its ReLU: that is the map TaT
-distils (METHODS.md section 1), and the ReLU would throw away the negative half of its signal.
+distils (docs/METHODS.md section 1), and the ReLU would throw away the negative half of its signal.
 """
 
 from __future__ import annotations

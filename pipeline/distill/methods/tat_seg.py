@@ -1,6 +1,6 @@
 """TaT for segmentation as the official code computes it: patch-group and anchor-point distillation
 on one set of gamma/theta/phi projections, L = patch_weight * L_patch + anchor_weight * L_anchor
-(METHODS.md section 1: the anchors pool the *already projected* Q, K, V).
+(docs/METHODS.md section 1: the anchors pool the *already projected* Q, K, V).
 
 The default pipeline's method. ``tat_patch`` and ``tat_anchor`` are the two halves on their own
 (each with its own projections) for ablations. Defaults for the embedded dataset (16x16 decoder

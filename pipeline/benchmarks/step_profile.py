@@ -8,9 +8,9 @@ Writes ``step_profile.json`` and ``step_profile.md`` into ``--out``.
 What is measured, at the config's batch size and image size, random weights and inputs:
 - multiply-adds of one forward per image, by part (torch's FlopCounterMode);
 - median wall time of forward + backward of each part on its own: the backbone on the images,
-  ASPP on the backbone's deepest map, the decoder (low-level projection, fusion convs,
-  classifier, upsampling and the cross-entropy) on ASPP's output and the stride-4 map; each part
-  gets a detached copy of its real input, so its time is its own;
+  ASPP on the backbone's deepest map, and the whole head (any arch: ASPP, decoder, upsampling and
+  the cross-entropy) on that map and the stride-4 map, the decoder's share being head - ASPP; each
+  part gets a detached copy of its real input, so its time is its own;
 - the optimizer step, the whole plain training step, the teacher's no-grad forward, each
   distillation method's loss forward + backward on the real decoder features, and the whole
   distillation step. "other" is the whole step minus its parts (autograd and allocator work
@@ -57,31 +57,27 @@ def backward_of(*outputs: Tensor) -> None:
 
 
 def model_parts(model: nn.Module, images: Tensor, targets: Tensor) -> dict[str, Callable[[], None]]:
-    """Forward + backward of each part of a segmentation model, each on a detached copy of its input."""
-    head = model.head
+    """Forward + backward of the backbone, of ASPP and of the whole head (ASPP, decoder, upsampling
+    and the cross-entropy), each on a detached copy of its input; decoder = head - ASPP."""
     with torch.no_grad():
         features = model.backbone(images)
         high = model.neck(features["stage4"])
-        context = head.aspp(high)
     high_in = high.detach().requires_grad_(True)
-    context_in, low_in = context.detach().requires_grad_(True), features["stage1"].detach().requires_grad_(True)
+    low_in = features["stage1"].detach().requires_grad_(True)
 
     def backbone() -> None:
         out = model.backbone(images)
         backward_of(out["stage1"], out["stage4"])
 
     def aspp() -> None:
-        backward_of(head.aspp(high_in))
+        backward_of(model.head.aspp(high_in))
 
-    def decoder() -> None:
-        low = head.low_level(low_in)
-        up = F.interpolate(context_in, size=low.shape[-2:], mode="bilinear", align_corners=False)
-        feature = head.fuse2(head.fuse1(torch.cat([up, low], dim=1)))
-        logits = F.interpolate(head.classifier(F.relu(feature)), size=images.shape[-2:], mode="bilinear",
-                               align_corners=False)
+    def head() -> None:
+        logits, _ = model.head(high_in, low_in)
+        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
         F.cross_entropy(logits, targets).backward()
 
-    return {"backbone": backbone, "aspp": aspp, "decoder": decoder}
+    return {"backbone": backbone, "aspp": aspp, "head": head}
 
 
 def profile_model(role: str, model: nn.Module, images: Tensor, targets: Tensor, train_cfg: Any,
@@ -94,6 +90,7 @@ def profile_model(role: str, model: nn.Module, images: Tensor, targets: Tensor, 
     train_step(task, optimizer, images, targets)()
     timings = {name: median_ms(part, device, repeats, warmup)["median_ms"]
                for name, part in model_parts(model, images, targets).items()}
+    timings["decoder"] = round(timings.pop("head") - timings["aspp"], 3)
     timings["optimizer"] = median_ms(optimizer.step, device, repeats, warmup)["median_ms"]
     whole = median_ms(train_step(task, optimizer, images, targets), device, repeats, warmup)["median_ms"]
     timings["other"] = round(whole - sum(timings.values()), 3)

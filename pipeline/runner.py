@@ -1,6 +1,7 @@
 """Runs the stage graph: decides what is up to date (fingerprints), runs the rest in order.
 
-A stage's fingerprint hashes its config slice, its code and the identity of its inputs (their
+A stage's fingerprint hashes its config slice, its code (its module and every project module it
+imports, transitively: pipeline/code_deps.py) and the identity of its inputs (their
 fingerprints and output digests). A stage whose completion record matches is skipped; before a
 stage runs its old record is removed, and the new one is written last, so an interrupted stage
 never looks done.
@@ -10,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import hashlib
-import importlib.util
 import os
 import time
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from typing import Any
 
 from pipeline import distributed
 from pipeline.artifacts import atomic_write_json, deep_merge, sha256_file, sha256_json
+from pipeline.code_deps import code_digest
 from pipeline.config import PipelineConfig, dump_config
 from pipeline.stage import RECORD_NAME, Stage, StageContext, StageRecord
 
@@ -36,21 +36,6 @@ class StagePlan:
     stage: str
     action: str  # "skip" | "run" | "disabled" | "not reached"
     reason: str
-
-
-def source_digest(module_names: Sequence[str]) -> str:
-    """sha256 over the source files of modules (a package counts all its .py files)."""
-    digest = hashlib.sha256()
-    for name in sorted(set(module_names)):
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.origin is None:
-            raise PipelineError(f"stage code module '{name}' cannot be found")
-        origin = Path(spec.origin)
-        files = sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
-        for path in files:
-            digest.update(str(path.relative_to(origin.parent)).encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def record_identity(record: StageRecord) -> str:
@@ -79,7 +64,7 @@ class Runner:
         module = stage.run.__module__
         parts = {
             "config": {key: self.config.section(key) for key in stage.config_keys},
-            "code": source_digest([module, *stage.code]),
+            "code": code_digest([module]),
             "inputs": {
                 name: record_identity(records[name]) if name in records else "disabled"
                 for name in stage.inputs

@@ -30,8 +30,6 @@ class Stage:
     inputs: tuple[str, ...] = ()
     # Dotted config keys whose values are part of the fingerprint (changing them re-runs the stage).
     config_keys: tuple[str, ...] = ()
-    # Modules or packages whose source is part of the fingerprint, besides the stage's own module.
-    code: tuple[str, ...] = ()
     # Facts of this machine that the stage's outputs depend on (part of the fingerprint).
     machine: Callable[[PipelineConfig], dict[str, Any]] | None = None
     enabled: Callable[[PipelineConfig], bool] = _always

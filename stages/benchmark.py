@@ -82,7 +82,5 @@ STAGE = Stage(
     run=run,
     inputs=(*DEPLOY_INPUTS, "validate"),
     config_keys=("benchmark", "data.image_size", "student.model", "distill.methods"),
-    code=("pipeline.latency", "pipeline.runtime", "pipeline.backends", "pipeline.benchmark_table",
-          "stages.deployables"),
     description="latency of every backend x precision; benchmark.{json,csv,md}",
 )

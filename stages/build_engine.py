@@ -67,7 +67,6 @@ STAGE = Stage(
     run=run,
     inputs=("quantize",),
     config_keys=("engine", "quantize.activation_type", "data.image_size"),
-    code=("pipeline.tensorrt_engine",),
     enabled=lambda config: config.engine.enabled and bool(config.engine.precisions),
     description="TensorRT engines (FP16, INT8) with metadata; skipped without TensorRT/CUDA",
 )

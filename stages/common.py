@@ -18,9 +18,6 @@ from pipeline.tasks import get_task
 from pipeline.tasks.segmentation import segmentation_summary  # noqa: F401 - re-exported for stages
 from pipeline.training import SupervisedTask, TrainingRuntime, evaluate, train
 
-# Modules whose source is part of every training stage's fingerprint.
-TRAINING_CODE = ("pipeline.training", "pipeline.models", "pipeline.data", "pipeline.builders", "pipeline.distill",
-                 "pipeline.distributed", "pipeline.tasks")
 # Settings that change what is learnt (channels_last / compile / loader settings only change speed).
 TRAINING_KEYS = ("task", "run.seed", "run.deterministic", "run.amp", "run.sync_batchnorm", "data")
 

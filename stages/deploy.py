@@ -81,7 +81,6 @@ STAGE = Stage(
     run=run,
     inputs=("strip", "export_onnx", "quantize", "build_engine", "validate", "benchmark"),
     config_keys=("deploy", "data", "export.dynamic"),
-    code=("pipeline.edge", "stages.deployables"),
     enabled=lambda config: config.deploy.enabled,
     description="edge bundle: ONNX models, engines, meta.json, run_onnx.py",
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pipeline.builders import build_distiller, build_student, build_teacher, load_weights
 from pipeline.distill.registry import method_weight
 from pipeline.stage import Stage, StageContext, StageResult
-from stages.common import TRAINING_CODE, TRAINING_KEYS, run_training, seed_model_init
+from stages.common import TRAINING_KEYS, run_training, seed_model_init
 from stages.teacher_centers import load_centers
 
 
@@ -27,7 +27,6 @@ STAGE = Stage(
     run=run,
     inputs=("train_teacher", "teacher_centers"),
     config_keys=(*TRAINING_KEYS, "student", "distill", "teacher.model"),
-    code=(*TRAINING_CODE, "stages.teacher_centers"),
     distributed=True,
     description="train the student against the teacher (TaT, KD, ... in the method slot)",
 )

@@ -110,6 +110,5 @@ STAGE = Stage(
     inputs=("strip", "distill_student", "train_teacher", "train_student_baseline"),
     config_keys=("task", "export", "validate.atol", "student.model", "distill.methods", "data.image_size",
                  "data.dataset"),
-    code=("pipeline.export", "pipeline.models", "pipeline.builders", "pipeline.tasks"),
     description="export the student to ONNX (dynamic shapes, checked, optionally simplified, with metadata)",
 )

@@ -100,7 +100,6 @@ STAGE = Stage(
     run=run,
     inputs=("export_onnx",),
     config_keys=("quantize", "engine.enabled", "engine.precisions", "data"),
-    code=("pipeline.quantize", "pipeline.data", "pipeline.export"),
     # quantize.reduce_range=auto depends on the CPU: a run folder moved to another CPU re-quantizes.
     machine=lambda config: {"reduce_range": reduce_range_here(config.quantize.reduce_range)[0]},
     enabled=lambda config: config.quantize.int8 or config.quantize.fp16,

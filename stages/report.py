@@ -155,6 +155,5 @@ STAGE = Stage(
     run=run,
     inputs=UPSTREAM,
     config_keys=("report", "data", "teacher.model", "student.model", "distill.methods"),
-    code=("pipeline.summary", "pipeline.reporting"),
     description="write report.md and report.html (tables, curves, per-class IoU, pictures)",
 )

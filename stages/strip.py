@@ -70,6 +70,5 @@ STAGE = Stage(
     run=run,
     inputs=("distill_student",),
     config_keys=("teacher.model", "student.model", "distill", "data.image_size", "data.dataset"),
-    code=("pipeline.builders", "pipeline.models", "pipeline.distill"),
     description="remove teacher and distillation heads; prove the student is intact",
 )

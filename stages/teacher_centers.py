@@ -87,7 +87,6 @@ STAGE = Stage(
     run=run,
     inputs=("train_teacher",),
     config_keys=("data", "teacher.model", "distill.methods"),
-    code=("pipeline.distill", "pipeline.models", "pipeline.builders", "pipeline.data"),
     enabled=lambda config: bool(teacher_centers_requests(config)),
     description="k-means centres of a teacher feature over the training set (LetKD)",
 )

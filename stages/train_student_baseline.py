@@ -6,7 +6,7 @@ from pipeline.builders import build_student
 from pipeline.data import dataset_info
 from pipeline.stage import Stage, StageContext, StageResult
 from pipeline.training import SupervisedTask
-from stages.common import TRAINING_CODE, TRAINING_KEYS, run_training, seed_model_init
+from stages.common import TRAINING_KEYS, run_training, seed_model_init
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -20,7 +20,6 @@ STAGE = Stage(
     name="train_student_baseline",
     run=run,
     config_keys=(*TRAINING_KEYS, "student"),
-    code=TRAINING_CODE,
     distributed=True,
     enabled=lambda config: config.baseline.enabled,
     description="train the student with cross-entropy only (the no-distillation reference)",

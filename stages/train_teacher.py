@@ -6,7 +6,7 @@ from pipeline.builders import build_teacher
 from pipeline.data import dataset_info
 from pipeline.stage import Stage, StageContext, StageResult
 from pipeline.training import SupervisedTask
-from stages.common import TRAINING_CODE, TRAINING_KEYS, run_training, seed_model_init
+from stages.common import TRAINING_KEYS, run_training, seed_model_init
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -20,7 +20,6 @@ STAGE = Stage(
     name="train_teacher",
     run=run,
     config_keys=(*TRAINING_KEYS, "teacher"),
-    code=TRAINING_CODE,
     distributed=True,
     description="train the teacher with cross-entropy",
 )

@@ -122,7 +122,5 @@ STAGE = Stage(
     run=run,
     inputs=DEPLOY_INPUTS,
     config_keys=("task", "validate", "data", "student.model", "distill.methods", "export.dynamic"),
-    code=("pipeline.validation", "pipeline.runtime", "pipeline.metrics", "pipeline.data", "pipeline.backends",
-          "pipeline.tasks", "stages.deployables"),
     description="parity and task metric (mIoU / top-1) of every backend x precision against PyTorch",
 )

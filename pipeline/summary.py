@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.tables import Table, markdown_table  # noqa: F401 - markdown_table re-exported
+
 # metrics-contract v1 keys that mirror a <backend>-<precision> entry (see pipeline/backends.py).
 LEGACY_BACKEND_ALIASES = {"pytorch": "pytorch-fp32", "onnxruntime": "onnxruntime-fp32"}
 MODEL_ROWS = (("teacher", "teacher"), ("student_baseline", "student (baseline, CE only)"),
@@ -23,21 +25,7 @@ def task_columns(metrics: dict[str, Any]) -> tuple[str, str, str, str]:
     return TASK_COLUMNS[0]
 
 
-def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 0.01 and value != 0 else f"{value:.2f}"
-    return str(value)
-
-
-def models_table(metrics: dict[str, Any]) -> str:
+def models_table(metrics: dict[str, Any]) -> Table:
     metric, metric_column, second, second_column = task_columns(metrics)
     rows = []
     for key, label in MODEL_ROWS:
@@ -46,10 +34,10 @@ def models_table(metrics: dict[str, Any]) -> str:
             rows.append([label, model.get("params"), model[metric], model.get(second), model.get("last_quarter_change"),
                          model.get("seconds_per_step")])
     # How far the val figure moved over the last quarter of training: under 1 point, the model levelled off.
-    return markdown_table(["model", "params", metric_column, second_column, "last-quarter change", "s/step"], rows)
+    return Table(["model", "params", metric_column, second_column, "last-quarter change", "s/step"], rows)
 
 
-def backends_table(metrics: dict[str, Any]) -> str:
+def backends_table(metrics: dict[str, Any]) -> Table:
     metric, metric_column, _, _ = task_columns(metrics)
     rows = []
     backends = metrics.get("backends", {})
@@ -60,13 +48,28 @@ def backends_table(metrics: dict[str, Any]) -> str:
         rows.append([name, backend.get("status"), backend.get("precision"), backend.get(metric),
                      backend.get(f"{metric}_delta"), backend.get("max_abs_diff"), latency.get("p50"),
                      latency.get("p99"), latency.get("throughput")])
-    return markdown_table(["backend", "status", "precision", metric_column.removeprefix("val "), "delta", "max|diff|",
-                           "p50 ms", "p99 ms", "img/s"], rows)
+    return Table(["backend", "status", "precision", metric_column.removeprefix("val "), "delta", "max abs diff",
+                  "p50 ms", "p99 ms", "img/s"], rows)
 
 
-def stages_table(metrics: dict[str, Any]) -> str:
+def status_notes(metrics: dict[str, Any]) -> list[str]:
+    """One line per backend that did not pass: its status, why, and what to do about it."""
+    notes = []
+    backends = metrics.get("backends", {})
+    for name, backend in backends.items():
+        if name in LEGACY_BACKEND_ALIASES and LEGACY_BACKEND_ALIASES[name] in backends:
+            continue
+        if not isinstance(backend, dict) or backend.get("status") in ("passed", "ok", None):
+            continue
+        hint = backend.get("hint") or backend.get("install_hint")
+        notes.append(f"{name}: {backend['status']}: {backend.get('reason') or 'no reason recorded'}"
+                     + (f"; to do: {hint}" if hint else ""))
+    return notes
+
+
+def stages_table(metrics: dict[str, Any]) -> Table:
     rows = [[name, info.get("status"), info.get("seconds")] for name, info in metrics.get("stages", {}).items()]
-    return markdown_table(["stage", "status", "seconds"], rows)
+    return Table(["stage", "status", "seconds"], rows)
 
 
 def gap_closure(metrics: dict[str, Any]) -> float | None:

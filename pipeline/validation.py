@@ -50,3 +50,33 @@ def evaluate_predictor(
         logits = predictor.predict(images)
         matrix.update(np.argmax(logits, axis=1), np.asarray(masks))
     return matrix
+
+
+# What to try when a precision misses its tolerance, most likely cause first.
+_HINTS = {
+    "fp32": "an FP32 back end should match PyTorch almost exactly: suspect the export (try another export.opset) "
+            "or TF32 on the GPU; validate.atol / validate.miou_tolerance only if the difference is understood",
+    "fp16": "FP16 overflow or precision loss: keep the failing layers in FP32, or widen validate.fp16_miou_tolerance",
+    "int8": "try quantize.reduce_range: true (7-bit weights; needed on x86 CPUs without VNNI), more "
+            "quantize.calibration_images, sensitive layers in float (quantize.float_nodes), or a wider "
+            "validate.int8_miou_tolerance",
+}
+
+
+def verdict(precision: str, metric_label: str, delta: float, tolerance: float,
+            max_abs_diff: float | None = None, atol: float | None = None) -> dict[str, str]:
+    """``{"status": "passed"}`` or ``{"status": "validation failed", "reason": ..., "hint": ...}``.
+
+    The task metric may drop by at most ``tolerance`` points against PyTorch (one-sided: a gain
+    passes); FP32 back ends must also match the reference logits within ``atol`` (``max_abs_diff``
+    is the worst over every shape checked).
+    """
+    broken = []
+    if -delta > tolerance:
+        broken.append(f"{metric_label} {delta:+.2f} points vs PyTorch, beyond the {precision} tolerance of "
+                      f"-{tolerance:g}")
+    if atol is not None and max_abs_diff is not None and max_abs_diff > atol:
+        broken.append(f"max abs logit difference {max_abs_diff:.2e} > validate.atol {atol:g}")
+    if not broken:
+        return {"status": "passed"}
+    return {"status": "validation failed", "reason": "; ".join(broken), "hint": _HINTS.get(precision, "")}

@@ -4,6 +4,7 @@ mIoU across backends, and pictures from the val split (image | truth | teacher |
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 from pipeline.artifacts import atomic_write_bytes, atomic_write_text, deep_merge
@@ -14,7 +15,8 @@ from pipeline.reporting import html as html_page
 from pipeline.reporting.samples import displayable, predicted_masks, val_samples
 from pipeline.runtime import OnnxRuntimePredictor, TorchPredictor
 from pipeline.stage import Stage, StageContext, StageResult
-from pipeline.summary import backends_table, gap_closure, markdown_table, models_table
+from pipeline.summary import backends_table, gap_closure, models_table, status_notes
+from pipeline.tables import Table, markdown_cell
 
 UPSTREAM = ("train_teacher", "train_student_baseline", "distill_student", "strip", "export_onnx", "quantize",
             "build_engine", "validate", "benchmark", "deploy")
@@ -46,11 +48,11 @@ def per_class_columns(metrics: dict[str, Any]) -> dict[str, dict[str, float | No
     return columns
 
 
-def per_class_table(metrics: dict[str, Any]) -> str:
+def per_class_table(metrics: dict[str, Any]) -> Table:
     columns = per_class_columns(metrics)
     names = list(next(iter(columns.values()))) if columns else []
     rows = [[cls, *(column.get(cls) for column in columns.values())] for cls in names]
-    return markdown_table(["class", *columns], rows)
+    return Table(["class", *columns], rows)
 
 
 def latency_points(metrics: dict[str, Any], metric: str = "miou") -> dict[str, tuple[float, float]]:
@@ -58,9 +60,9 @@ def latency_points(metrics: dict[str, Any], metric: str = "miou") -> dict[str, t
             if entry.get("latency_ms", {}).get("p50") is not None and entry.get(metric) is not None}
 
 
-def stage_timings(ctx: StageContext) -> str:
+def stage_timings(ctx: StageContext) -> Table:
     rows = [[name, ctx.records[name].seconds, ctx.records[name].finished_at] for name in UPSTREAM if ctx.has_input(name)]
-    return markdown_table(["stage", "seconds (last run)", "finished at"], rows)
+    return Table(["stage", "seconds (last run)", "finished at"], rows)
 
 
 def histories(ctx: StageContext) -> dict[str, list[dict[str, Any]]]:
@@ -89,16 +91,6 @@ def picture_grid(ctx: StageContext) -> bytes | None:
     return charts.sample_grid(displayable(images, config.data), panels, info.class_names, info.ignore_index)
 
 
-def markdown_to_html_table(markdown: str) -> str:
-    """The summary tables are Markdown (shared with the terminal); the page shows the same rows."""
-    lines = [line.strip().strip("|") for line in markdown.splitlines() if line.strip().startswith("|")]
-    if len(lines) < 2:
-        return "<p class=\"note\">nothing to show</p>"
-    header = [cell.strip() for cell in lines[0].split("|")]
-    rows = [[cell.strip() for cell in line.split("|")] for line in lines[2:]]
-    return html_page.table(header, rows)
-
-
 def run(ctx: StageContext) -> StageResult:
     metrics = collected_metrics(ctx)
     closure = gap_closure(metrics)
@@ -122,24 +114,24 @@ def run(ctx: StageContext) -> StageResult:
     closure_text = (f"Distillation closed {closure:.1f}% of the teacher-baseline mIoU gap."
                     if closure is not None else "Gap closure undefined (teacher and baseline tie).")
     tables = [
-        ("Models (val split)", models_table(metrics), closure_text),
-        ("Exported student by backend", backends_table(metrics), ""),
-        ("Stage timings", stage_timings(ctx), ""),
-        *([("Per-class IoU (%)", per_class_table(metrics), "")] if ctx.config.task == "segmentation" else []),
-        ("Strip proof", markdown_table(["check", "value"], [[k, v] for k, v in metrics.get("strip", {}).items()]), ""),
+        ("Models (val split)", models_table(metrics), [closure_text]),
+        ("Exported student by backend", backends_table(metrics), status_notes(metrics)),
+        ("Stage timings", stage_timings(ctx), []),
+        *([("Per-class IoU (%)", per_class_table(metrics), [])] if ctx.config.task == "segmentation" else []),
+        ("Strip proof", Table(["check", "value"], [[k, v] for k, v in metrics.get("strip", {}).items()]), []),
     ]
     figure_titles = {"training_curves": "Training curves", "per_class_iou": "Per-class IoU",
                      "latency_vs_miou": "Latency vs mIoU", "samples": "Val pictures"}
 
     lines = [f"# Run `{ctx.config.run.name}`", ""]
-    for title, table, note in tables:
-        lines += [f"## {title}", table, "", note, ""]
+    for title, table, notes in tables:
+        lines += [f"## {title}", table.markdown(), "", *(f"- {markdown_cell(note)}" for note in notes), ""]
     for name in figures:
         lines += [f"## {figure_titles[name]}", f"![{figure_titles[name]}]({name}.png)", ""]
     atomic_write_text(ctx.dir / "report.md", "\n".join(lines))
 
-    sections = [(title, markdown_to_html_table(table) + (f'<p class="note">{note}</p>' if note else ""))
-                for title, table, note in tables]
+    sections = [(title, table.html() + "".join(f'<p class="note">{html.escape(note)}</p>' for note in notes))
+                for title, table, notes in tables]
     sections += [(figure_titles[name], html_page.image_tag(png, figure_titles[name])) for name, png in figures.items()]
     atomic_write_text(ctx.dir / "report.html", html_page.page(f"Run {ctx.config.run.name}", sections))
 

@@ -22,7 +22,7 @@ from pipeline.data import build_dataset, dataset_info
 from pipeline.runtime import Predictor
 from pipeline.stage import Stage, StageContext, StageResult
 from pipeline.tasks import get_task
-from pipeline.validation import tensor_parity
+from pipeline.validation import tensor_parity, verdict
 from stages.deployables import DEPLOY_INPUTS, run_artifacts, student_factory
 
 
@@ -99,20 +99,20 @@ def run(ctx: StageContext) -> StageResult:
         parity = tensor_parity(reference_logits, predictor.predict(inputs))
         summary = task.evaluate_predictions(predictor.predict, val_batches(ctx), info).summary()
         delta = summary[metric] - reference_summary[metric]
-        passed = -delta <= miou_tolerance(config, spec.precision)
         entry: dict[str, Any] = {"backend": spec.backend, "precision": spec.precision,
                                  "size_bytes": file_size(opened.file), **summary, f"{metric}_delta": round(delta, 4),
                                  **parity, "runtime": predictor.describe()}
+        worst = None
         if spec.precision == "fp32":
             # FP32 must match the reference tensor for tensor, at every shape the dynamic model accepts.
             entry["parity_shapes"] = shape_parity(reference, predictor, parity_shapes(config))
             worst = max([parity["max_abs_diff"], *(p["max_abs_diff"] for p in entry["parity_shapes"])])
             entry["max_abs_diff_all_shapes"] = worst
-            passed = passed and worst <= config.validate_.atol
-        entry["status"] = "passed" if passed else "validation failed"
+        entry.update(verdict(spec.precision, task.metric_label, delta, miou_tolerance(config, spec.precision),
+                             worst, config.validate_.atol if worst is not None else None))
         backends[spec.key] = entry
         print(f"[validate] {spec.key}: max|diff| {parity['max_abs_diff']:.2e}, {task.metric_label} {summary[metric]:.2f} "
-              f"({delta:+.3f} vs PyTorch) -> {entry['status']}")
+              f"({delta:+.3f} vs PyTorch) -> {entry['status']}" + (f": {entry['reason']}" if "reason" in entry else ""))
     return StageResult(outputs={"parity_inputs": "parity_inputs.npy"},
                        metrics={"backends": with_legacy_aliases(backends)})
 

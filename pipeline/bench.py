@@ -53,6 +53,17 @@ def default_shape(path: Path) -> tuple[int, ...]:
     raise BenchError(f"{path.name} has dynamic input dims {dims}; pass --shape, e.g. --shape 1x3x224x224")
 
 
+def check_readable(path: Path) -> None:
+    """A file that is not an ONNX model (truncated, corrupt, another format) fails here, named."""
+    import onnx
+
+    try:
+        onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends name neither file nor fix
+        raise BenchError(f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc}); re-export it, or "
+                         "check that the path names an .onnx file") from None
+
+
 def bench_onnx(
     path: Path,
     shapes: Sequence[tuple[int, ...]] = (),
@@ -66,6 +77,7 @@ def bench_onnx(
     path = Path(path)
     if not path.is_file():
         raise BenchError(f"{path} does not exist; pass the path of an .onnx file")
+    check_readable(path)
     shapes = list(shapes) or [default_shape(path)]
     rows = []
     for provider in providers:

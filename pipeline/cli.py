@@ -3,34 +3,44 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from pipeline.config import ConfigError, PipelineConfig, load_config
 from pipeline.data.files import DatasetLayoutError
 from pipeline.gate import FINGERPRINTS, GateError
-from pipeline.runner import PipelineError, Runner
-from pipeline.summary import backends_table, gap_closure, models_table
+from pipeline.runner import PipelineError, Runner, StageFailed
+from pipeline.summary import backends_table, gap_closure, models_table, status_notes
 
 DEFAULT_OUT_ROOT = Path("exported")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    debug_help = "show the traceback of an error (or set PIPELINE_DEBUG=1)"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    # Accepted after the command too; SUPPRESS keeps a sub-command from resetting the top-level flag.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run the pipeline, skipping stages that are up to date")
+    run = commands.add_parser("run", parents=[common],
+                                help="run the pipeline, skipping stages that are up to date")
     _add_config_args(run)
     run.add_argument("--force", action="append", default=[], metavar="STAGE",
                      help="re-run STAGE even if up to date (repeatable; 'all' for every stage)")
     run.add_argument("--until", metavar="STAGE", help="stop after STAGE")
 
-    status = commands.add_parser("status", help="show which stages are up to date and why not")
+    status = commands.add_parser("status", parents=[common],
+                                help="show which stages are up to date and why not")
     _add_config_args(status)
 
-    commands.add_parser("methods", help="list the distillation methods and their options")
+    commands.add_parser("methods", parents=[common],
+                                help="list the distillation methods and their options")
 
-    sweep = commands.add_parser("sweep", help="train the teacher once, then the student over a grid of variants x seeds")
+    sweep = commands.add_parser("sweep", parents=[common],
+                                help="train the teacher once, then the student over a grid of variants x seeds")
     sweep.add_argument("config", type=Path, help="sweep file, e.g. configs/ablation_tat.yaml")
     sweep.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides applied to every variant")
     sweep.add_argument("--out", type=Path, help="sweep folder (default: exported/sweeps/<sweep file name>)")
@@ -41,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "chosen on seeds 0-2 can be re-tested on held-out seeds")
     sweep.add_argument("--jobs", type=int, default=1, metavar="N",
                        help="train N runs at a time in separate processes, CPU threads shared evenly (default 1)")
-    bench = commands.add_parser("bench", help="latency of any ONNX file in ONNX Runtime (trtexec style)")
+    bench = commands.add_parser("bench", parents=[common],
+                                help="latency of any ONNX file in ONNX Runtime (trtexec style)")
     bench.add_argument("model", type=Path, help="an .onnx file")
     bench.add_argument("--shape", action="append", default=[], help="input shape NxCxHxW (repeatable)")
     bench.add_argument("--providers", nargs="+", default=["CPUExecutionProvider"], help="ONNX Runtime providers")
@@ -50,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--min-iters", type=int, default=50)
     bench.add_argument("--min-seconds", type=float, default=2.0)
     bench.add_argument("--out", type=Path, help="folder for bench.{json,csv,md}")
-    gate = commands.add_parser("gate", help="compare a run's metrics with a baseline; exit 1 on any regression")
+    gate = commands.add_parser("gate", parents=[common],
+                                help="compare a run's metrics with a baseline; exit 1 on any regression")
     gate.add_argument("run_dir", type=Path, help="run folder holding metrics.json, e.g. exported/smoke")
     gate.add_argument("--baseline", type=Path, required=True, help="baseline file (.json, .yaml)")
     gate.add_argument("--write-baseline", action="store_true",
@@ -64,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--spread-run", action="append", default=[], type=Path, metavar="RUN_DIR",
                       help="with --write-baseline: the same config run under another kernel set or thread count "
                            "(repeatable); trained numbers get a tolerance measured from these runs' spread")
+    gate.add_argument("--expect-pass", action="store_true",
+                      help="with --write-baseline: where a backend failed validation or export, write a check that "
+                           "it passes (the gate fails until it does) instead of refusing")
     gate.add_argument("--latency-ratio-max", type=float, default=None, metavar="X",
                       help="with --write-baseline: bound each backend/PyTorch p50 ratio by X instead of "
                            "the measured ratio (noisy CI machines)")
@@ -109,9 +124,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def check_dataset(config: PipelineConfig) -> None:
-    """Fail before any work when a real dataset's folder is missing or mis-structured."""
+    """Fail before any work when a real dataset's folder is missing, mis-structured or holds bad samples."""
     from pipeline.data import dataset_fingerprint
+    from pipeline.data.check import check_dataset_files
 
+    read = check_dataset_files(config.data)  # every problem at once, before any training
+    if read:
+        print(f"data check: {read} samples of {config.data.root} read cleanly")
     dataset_fingerprint(config.data)  # lists both splits and reads the class list
 
 
@@ -155,7 +174,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
         tolerance = MIOU_ABS_TOL if args.miou_tolerance is None else args.miou_tolerance
         baseline = write_baseline(args.run_dir, args.baseline, tuple(args.spread_run), miou_abs_tol=tolerance,
                                   latency_ratios=not args.no_latency_ratios,
-                                  latency_ratio_max=args.latency_ratio_max)
+                                  latency_ratio_max=args.latency_ratio_max, expect_pass=args.expect_pass)
         print(f"wrote {args.baseline}: {len(baseline.checks)} checks from {args.run_dir}; review the tolerances "
               f"and commit it")
         return 0
@@ -173,6 +192,8 @@ def print_summary(metrics: dict, run_dir: Path, config_path: Path) -> None:
     if metrics.get("backends"):
         print()
         print(backends_table(metrics))
+        for note in status_notes(metrics):
+            print(f"  {note}")
     print(f"\nrun folder: {run_dir}  (metrics.json, report/report.md, export_onnx/student.onnx)")
     print("next:")
     print(f"  python -m pipeline status {config_path} --out {run_dir}   # what is up to date")
@@ -207,14 +228,32 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    debug = args.debug or os.environ.get("PIPELINE_DEBUG", "") not in ("", "0")
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, PipelineError, DatasetLayoutError, GateError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("\ninterrupted: finished stages are kept; run the same command again to resume", file=sys.stderr)
         return 130
+    except Exception as exc:  # the one error boundary: one message, exit 2; the traceback only when asked
+        if debug:
+            raise
+        print(f"error: {error_message(exc)}", file=sys.stderr)
+        return 2
+
+
+USER_ERRORS = (ConfigError, PipelineError, DatasetLayoutError, GateError)
+
+
+def error_message(exc: Exception) -> str:
+    """What went wrong and what to do, for any exception that reaches the command line."""
+    if isinstance(exc, StageFailed):
+        return (f"{exc}\n  finished stages are kept and this stage's partial output is not taken for done; "
+                "fix the cause and run the same command again (--debug for the traceback)")
+    if isinstance(exc, USER_ERRORS):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.strerror or exc}: {exc.filename} (--debug for the traceback)"
+    return f"{type(exc).__name__}: {exc} (unexpected; --debug shows the traceback to report)"
 
 
 if __name__ == "__main__":

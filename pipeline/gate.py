@@ -441,10 +441,20 @@ def spread_tolerances(reference: dict[str, Any], others: list[dict[str, Any]], k
     return spread
 
 
+FAILED_STATUSES = ("validation failed", "export failed")
+
+
+def failed_backends(metrics: dict[str, Any]) -> dict[str, str]:
+    """Backend -> "status: reason" for every backend that ran and failed (skipped ones are not failures)."""
+    return {name: f"{entry['status']}: {entry.get('reason') or 'no reason recorded'}"
+            for name, entry in metrics.get("backends", {}).items()
+            if isinstance(entry, dict) and entry.get("status") in FAILED_STATUSES}
+
+
 def baseline_from_run(metrics: dict[str, Any], run_config: dict[str, Any] | None = None, *,
                       miou_abs_tol: float = MIOU_ABS_TOL, latency_ratios: bool = True,
                       latency_ratio_max: float | None = None,
-                      spread_runs: list[dict[str, Any]] | None = None) -> Baseline:
+                      spread_runs: list[dict[str, Any]] | None = None, expect_pass: bool = False) -> Baseline:
     """A baseline that holds this run's numbers, with the default tolerances above.
 
     Every model mIoU and val loss; for every backend the run did not skip: its status, mIoU and,
@@ -457,8 +467,17 @@ def baseline_from_run(metrics: dict[str, Any], run_config: dict[str, Any] | None
     counts). Every check of a number that depends on the trained weights then gets, in place of the
     default, an absolute tolerance of :data:`SPREAD_MARGIN` times the largest deviation measured
     (never below the default), with the measurement in its note: a baseline that holds on any machine.
+
+    A baseline never expects a failure: a backend whose validation or export failed is refused
+    (:class:`GateError`), unless ``expect_pass``, which writes ``status == "passed"`` for it and
+    leaves out its other numbers, so the gate fails until the backend passes.
     """
-    checks = _checks_from_run(metrics, miou_abs_tol, latency_ratios, latency_ratio_max)
+    failed = failed_backends(metrics)
+    if failed and not expect_pass:
+        listing = "; ".join(f"{name} ({reason})" for name, reason in failed.items())
+        raise GateError(f"refusing to write a baseline that expects failures: {listing}. Fix the run first, or pass "
+                        f"--expect-pass to write checks that fail until these backends pass")
+    checks = _checks_from_run(metrics, miou_abs_tol, latency_ratios, latency_ratio_max, set(failed))
     run = metrics.get("run", {})
     fingerprints = {name: run[f"{name}_fingerprint"] for name in FINGERPRINTS if run.get(f"{name}_fingerprint")}
     source: dict[str, Any] = {"run": run.get("name"), "git_sha": run.get("git_sha"),
@@ -482,7 +501,7 @@ def _widened(check: Check, spread: dict[str, float], runs: int) -> Check:
 
 
 def _checks_from_run(metrics: dict[str, Any], miou_abs_tol: float, latency_ratios: bool,
-                     latency_ratio_max: float | None) -> list[Check]:
+                     latency_ratio_max: float | None, failed: set[str] = frozenset()) -> list[Check]:
     checks: list[Check] = []
     for model in ("teacher", "student_baseline", "student"):
         entry = metrics.get(model, {})
@@ -498,6 +517,10 @@ def _checks_from_run(metrics: dict[str, Any], miou_abs_tol: float, latency_ratio
         if not isinstance(backend, dict) or backend.get("status") == "skipped":
             continue  # not gated; a GPU machine's baseline can add these with required: true
         prefix = f"backends.{name}"
+        if name in failed:
+            checks.append(Check(f"{prefix}.status", equals="passed",
+                                note=f"written while it was {backend['status']}: fails until it passes"))
+            continue
         if "status" in backend:
             checks.append(Check(f"{prefix}.status", equals=backend["status"]))
         if "miou" in backend:

@@ -31,6 +31,14 @@ class PipelineError(RuntimeError):
     """A problem the user can fix (bad stage name, locked run folder, ...)."""
 
 
+class StageFailed(PipelineError):
+    """A stage raised: names the stage; the original exception is the ``__cause__``."""
+
+    def __init__(self, stage: str, error: BaseException) -> None:
+        self.stage = stage
+        super().__init__(f"stage '{stage}' failed: {type(error).__name__}: {error}")
+
+
 @dataclass(frozen=True)
 class StagePlan:
     stage: str
@@ -144,7 +152,13 @@ class Runner:
         self.check_stage_names([*force, *([until] if until else [])])
         main = distributed.is_main()
         if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.run_dir.exists() and not self.run_dir.is_dir():
+                raise PipelineError(f"run folder {self.run_dir} is a file; pass --out with a folder path")
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise PipelineError(f"cannot create run folder {self.run_dir}: {exc.strerror}; pass --out with a "
+                                    "folder you can write") from None
         with RunLock(self.run_dir) if main else contextlib.nullcontext():
             if main:
                 dump_config(self.config, self.run_dir / "config.yaml")
@@ -199,7 +213,12 @@ class Runner:
         # any training loop seeds) and anything else random is reproducible run to run.
         seed_everything(self.config.run.seed)
         started = time.perf_counter()
-        result = stage.run(context)
+        try:
+            result = stage.run(context)
+        except PipelineError:
+            raise
+        except Exception as exc:  # the stage's own message, and which stage; no completion record is written
+            raise StageFailed(stage.name, exc) from exc
         seconds = time.perf_counter() - started
         if not main:
             return None

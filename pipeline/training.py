@@ -73,6 +73,10 @@ class TrainResult:
         return self.seconds / max(self.steps, 1)
 
 
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite; the message names the step and what to change."""
+
+
 def build_optimizer(task: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     backbone, head = task.trainable_groups()
     groups = [
@@ -289,8 +293,10 @@ def train(
             with runtime.autocast(device):
                 loss, parts = step_module(runtime.images(images, device), targets.to(device, non_blocking=True))
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; lower the learning rate"
-                                         + (" or use run.amp=bf16" if runtime.amp == "fp16" else ""))
+                kept = f"; the checkpoint after epoch {epoch} stays in the stage folder" if epoch > 0 else ""
+                raise TrainingDiverged(f"{desc}: loss became {loss.item()} at step {step} (epoch {epoch + 1}){kept}; "
+                                       f"lower the learning rate (train.lr {cfg.lr:g})"
+                                       + (" or use run.amp=bf16" if runtime.amp == "fp16" else ""))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

@@ -229,7 +229,7 @@ def test_folder_label_outside_the_class_list_is_an_error_naming_the_file(tmp_pat
     write_folder(tmp_path)
     (tmp_path / "classes.txt").write_text("background\nroad\n")
     dataset = build_dataset(data_config(dataset="folder", root=tmp_path), "val")
-    with pytest.raises(ValueError, match=r"c\.png holds label 2, outside 0\.\.1"):
+    with pytest.raises(ValueError, match=r"c\.png: ids 2 \(classes are 0\.\.1"):
         dataset[0]
 
 

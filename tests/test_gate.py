@@ -108,6 +108,30 @@ def test_a_status_change_fails():
     assert verdicts(result)["backends.onnxruntime.status"] == "FAIL"
 
 
+def test_a_baseline_never_expects_a_failure():
+    metrics = run_metrics()
+    metrics["backends"]["onnxruntime-int8"].update(status="validation failed", reason="mIoU -1.04 points")
+    with pytest.raises(GateError, match=r"refusing .* onnxruntime-int8 \(validation failed: mIoU -1.04 points\)"):
+        baseline_from_run(metrics)
+    baseline = baseline_from_run(metrics, expect_pass=True)
+    int8 = [check for check in baseline.checks if "onnxruntime-int8" in check.metric]
+    assert [(check.metric, check.equals) for check in int8] == [("backends.onnxruntime-int8.status", "passed")]
+    assert not evaluate_gate(metrics, baseline).passed
+    assert evaluate_gate(run_metrics(), baseline).passed
+
+
+def test_cli_refuses_to_write_a_baseline_from_a_failed_run(tmp_path, capsys):
+    metrics = run_metrics()
+    metrics["backends"]["onnxruntime"]["status"] = "export failed"
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(metrics))
+    baseline = tmp_path / "baseline.json"
+    assert main(["gate", str(tmp_path / "run"), "--baseline", str(baseline), "--write-baseline"]) == 2
+    assert "--expect-pass" in capsys.readouterr().err and not baseline.exists()
+    assert main(["gate", str(tmp_path / "run"), "--baseline", str(baseline), "--write-baseline", "--expect-pass"]) == 0
+    assert main(["gate", str(tmp_path / "run"), "--baseline", str(baseline)]) == 1
+
+
 def test_a_skipped_backend_is_not_gated_unless_required():
     metrics = run_metrics()
     assert not any("tensorrt" in check.metric for check in baseline_from_run(metrics).checks)

@@ -96,14 +96,26 @@ class SegmentationFiles(Dataset):
         sample = self.samples[index]
         image = read_image(sample.image)
         mask = self.read_mask(sample.mask)
-        if mask.shape != image.shape[:2]:
-            raise ValueError(f"mask {sample.mask} is {mask.shape[1]}x{mask.shape[0]} but image {sample.image} is "
-                             f"{image.shape[1]}x{image.shape[0]}; they must be the same size")
-        bad = (mask >= self.num_classes) & (mask != IGNORE_INDEX)
-        if bad.any():
-            raise ValueError(f"mask {sample.mask} holds label {int(mask[bad].max())}, outside 0..{self.num_classes - 1} "
-                             f"and not the ignore label {IGNORE_INDEX}")
+        problems = pair_problems(sample, image, mask, self.num_classes)
+        if problems:
+            raise ValueError(f"{problems[0][1]}: {problems[0][2]}")
         return image, mask.astype(np.uint8)
+
+    def problems(self, index: int) -> list[tuple[str, Path, str]]:
+        """(kind, file, detail) of everything wrong with sample ``index``; empty when it reads cleanly."""
+        sample = self.samples[index]
+        found, image, mask = [], None, None
+        try:
+            image = read_image(sample.image)
+        except Exception as exc:  # noqa: BLE001 - any decoder error means the same to the user
+            found.append(("unreadable image", sample.image, f"{type(exc).__name__}: {exc}"))
+        try:
+            mask = self.read_mask(sample.mask)
+        except Exception as exc:  # noqa: BLE001
+            found.append(("unreadable mask", sample.mask, str(exc)))
+        if image is not None and mask is not None:
+            found += pair_problems(sample, image, mask, self.num_classes)
+        return found
 
     def __getitem__(self, index: int):
         image, mask = self.raw(index)
@@ -112,6 +124,20 @@ class SegmentationFiles(Dataset):
 
     def ids(self) -> list[str]:
         return [sample.image.stem for sample in self.samples]
+
+
+def pair_problems(sample: Sample, image: np.ndarray, mask: np.ndarray,
+                  num_classes: int) -> list[tuple[str, Path, str]]:
+    """A mask that does not fit its image, or holds ids outside the class list."""
+    if mask.shape != image.shape[:2]:
+        return [("mask size differs from its image", sample.mask,
+                 f"mask {mask.shape[1]}x{mask.shape[0]}, image {sample.image.name} {image.shape[1]}x{image.shape[0]}")]
+    bad = (mask >= num_classes) & (mask != IGNORE_INDEX)
+    if bad.any():
+        ids = ", ".join(str(int(i)) for i in np.unique(mask[bad])[:5])
+        return [("mask ids outside the class list", sample.mask,
+                 f"ids {ids} (classes are 0..{num_classes - 1}, {IGNORE_INDEX} = ignore)")]
+    return []
 
 
 def pair_by_stem(images: Sequence[Path], masks_dir: Path, mask_name: Callable[[Path], str], root: Path,

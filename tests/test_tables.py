@@ -1,5 +1,5 @@
-"""Tables render the same rows as Markdown and HTML, and user data in a cell can neither break a
-row nor inject markup."""
+"""Tables render the same rows as Markdown and HTML, and user data (class names) in a cell can
+neither break a row nor inject markup, nor stop a chart from drawing."""
 
 from __future__ import annotations
 
@@ -29,3 +29,15 @@ def test_the_backend_table_header_has_as_many_columns_as_its_rows():
                                                               "max_abs_diff": 1e-6}}})
     header, _, row = table.markdown().splitlines()
     assert header.count("|") == row.count("|") == len(table.header) + 1
+
+
+def test_charts_draw_hostile_class_names_as_text():
+    import numpy as np
+
+    from pipeline.reporting import charts
+
+    names = ["$x^$", "a$b", "<script>", "road|lane", "\\frac"]
+    assert charts.per_class_bars(names, {"student": {name: 50.0 for name in names}}).startswith(b"\x89PNG")
+    masks = list(np.arange(len(names)).repeat(64).reshape(len(names), 8, 8) % len(names))
+    images = np.zeros((len(names), 8, 8, 3), np.uint8)
+    assert charts.sample_grid(images, {"truth": masks}, names).startswith(b"\x89PNG")

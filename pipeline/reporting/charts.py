@@ -9,6 +9,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # no display: reports are written on servers and in CI
+# Labels are user data (class names, backend names): "$" must stay a dollar sign, not start mathtext
+# (an unbalanced "$x^$" would otherwise abort the report).
+matplotlib.rcParams["text.parse_math"] = False
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402

@@ -4,6 +4,7 @@ and name what they expected, and where, when a path is wrong."""
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -108,6 +109,20 @@ def test_cifar100_missing_or_malformed_files_name_what_was_expected_where(tmp_pa
         read_split(tmp_path, "train")
     with pytest.raises(ValueError, match=r"meta is not a CIFAR-100 python pickle"):
         cifar_class_names(tmp_path)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("touch hacked",))
+
+
+def test_a_hostile_cifar100_pickle_is_refused_and_runs_nothing(tmp_path, monkeypatch):
+    folder = write_cifar100(tmp_path)
+    (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": _Payload()}, protocol=2))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"refusing to load posix\.system"):
+        cifar_class_names(tmp_path)
+    assert not (tmp_path / "hacked").exists()
 
 
 # ------------------------------------------------------------------------------ class folders

@@ -9,7 +9,8 @@
 * ``meta``: a pickled dict with ``b'fine_label_names'`` (100 byte strings).
 
 The pipeline's ``val`` split is CIFAR's ``test`` file (CIFAR-100 has no separate validation set).
-The files are Python pickles: read only files you trust.
+The files are Python pickles; they are read with an unpickler that builds only what the real files
+hold (dicts, lists, strings, numbers and numpy arrays), so a hostile file cannot run code.
 """
 
 from __future__ import annotations
@@ -45,10 +46,23 @@ def cifar100_folder(root: Path | None) -> Path:
     return folder
 
 
+# What the official files reference: numpy's array reconstruction (numpy 1 and 2 module names).
+_ALLOWED_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                    ("numpy", "ndarray"), ("numpy", "dtype"), ("copyreg", "_reconstructor"),
+                    ("_codecs", "encode")}  # bytes as protocol 2 writes them from Python 3
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a CIFAR-100 file holds only data")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict[bytes, Any]:
     try:
         with path.open("rb") as handle:
-            content = pickle.load(handle, encoding="bytes")  # the files were written by Python 2
+            content = _DataOnlyUnpickler(handle, encoding="bytes").load()  # the files were written by Python 2
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a CIFAR file"
         raise ValueError(f"{path} is not a CIFAR-100 python pickle ({type(exc).__name__}: {exc})") from exc
     if not isinstance(content, dict):

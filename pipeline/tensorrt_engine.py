@@ -4,11 +4,8 @@ An engine is tied to the TensorRT version and the GPU that built it, so every en
 file beside it (:class:`EngineMetadata`: TensorRT version, GPU, compute capability, precision,
 input profile, ONNX sha256) and loading one built elsewhere is refused with the rebuild command.
 
-Version awareness: TensorRT 11 removed the FP16/INT8 builder flags (and implicit calibration);
-networks are always strongly typed, so precision comes from the ONNX itself (FP16 weights, or
-Q/DQ nodes). TensorRT 10 has both paths: ``typing="strong"`` (the
-``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` flag, same ONNX inputs as 11) or
-``typing="flags"`` (weakly typed network + ``BuilderFlag.FP16``/``INT8``).
+Networks are strongly typed on every supported TensorRT (10 and 11): precision comes from the
+ONNX itself (FP16 weights, or Q/DQ nodes), never from builder flags, which TensorRT 11 removed.
 
 Everything here except :func:`build_engine` runs without TensorRT (and is tested so).
 """
@@ -66,25 +63,8 @@ def installed_tensorrt_version() -> str | None:
 
 
 def always_strongly_typed(version: str) -> bool:
-    """TensorRT >= 11 builds only strongly typed networks (no FP16/INT8 builder flags)."""
+    """TensorRT >= 11 builds only strongly typed networks; 10 needs the STRONGLY_TYPED creation flag."""
     return parse_version(version)[0] >= 11
-
-
-def network_typing(version: str, requested: str) -> str:
-    """The network typing to use: "strong" or "flags" (weakly typed + precision builder flags)."""
-    if requested not in ("strong", "flags"):
-        raise ValueError(f"engine typing must be 'strong' or 'flags', got {requested!r}")
-    if requested == "flags" and always_strongly_typed(version):
-        raise ValueError(f"TensorRT {version} has no FP16/INT8 builder flags (removed in 11); use engine.typing=strong "
-                         "with the FP16 / Q/DQ ONNX models")
-    return requested
-
-
-def builder_flag_names(precision: str, typing: str) -> list[str]:
-    """``trt.BuilderFlag`` names a weakly typed build needs for ``precision``; none when strongly typed."""
-    if typing == "strong":
-        return []
-    return {"fp32": [], "fp16": ["FP16"], "int8": ["INT8", "FP16"]}[precision]  # INT8 falls back to FP16, not FP32
 
 
 # ------------------------------------------------------------------------- profile
@@ -131,7 +111,6 @@ class EngineMetadata:
     gpu_name: str
     compute_capability: str  # "9.0"
     precision: str  # "fp16" | "int8"
-    typing: str  # "strong" | "flags"
     input_name: str
     output_names: list[str]
     profile: dict[str, list[int]]
@@ -156,7 +135,7 @@ class EngineMetadata:
 
     def cache_key(self) -> str:
         return cache_key(self.tensorrt_version, self.gpu_name, self.compute_capability, self.precision,
-                         self.onnx_sha256, self.typing, self.profile)
+                         self.onnx_sha256, self.profile)
 
 
 def metadata_path(engine_path: Path) -> Path:
@@ -185,11 +164,11 @@ def check_compatible(meta: EngineMetadata, tensorrt_version: str, gpu_name: str,
 
 
 def cache_key(tensorrt_version: str, gpu_name: str, compute_capability: str, precision: str, onnx_sha256: str,
-              typing: str = "strong", profile: dict[str, list[int]] | None = None) -> str:
+              profile: dict[str, list[int]] | None = None) -> str:
     """File-name-safe key: an engine is reusable only for the same TensorRT, GPU, precision and ONNX."""
     gpu = re.sub(r"[^A-Za-z0-9]+", "-", gpu_name).strip("-").lower()
     shapes = "" if profile is None else "-" + "_".join("x".join(map(str, profile[k])) for k in ("min", "opt", "max"))
-    return f"trt{tensorrt_version}-{gpu}-sm{compute_capability}-{precision}-{typing}-{onnx_sha256[:16]}{shapes}"
+    return f"trt{tensorrt_version}-{gpu}-sm{compute_capability}-{precision}-strong-{onnx_sha256[:16]}{shapes}"
 
 
 # ------------------------------------------------------------------------- environment
@@ -208,9 +187,19 @@ def cuda_device_facts(device: str = "cuda:0") -> tuple[str, str]:
 
     if not torch.cuda.is_available():
         raise BackendUnavailable("no CUDA device is visible (torch.cuda.is_available() is False)", CUDA_INSTALL_HINT)
-    index = torch.device(device).index or 0
+    index = cuda_index(device)
     major, minor = torch.cuda.get_device_capability(index)
     return torch.cuda.get_device_name(index), f"{major}.{minor}"
+
+
+def cuda_index(device: str) -> int:
+    """``"cuda:1"`` -> 1; ``"cuda"`` -> the current device."""
+    import torch
+
+    parsed = torch.device(device)
+    if parsed.type != "cuda":
+        raise ValueError(f"TensorRT runs on a CUDA device, got {device!r}")
+    return parsed.index if parsed.index is not None else torch.cuda.current_device()
 
 
 def require_tensorrt(device: str = "cuda:0") -> tuple[Any, str, str]:
@@ -227,28 +216,34 @@ def build_engine(
     *,
     precision: str,
     profile: dict[str, list[int]],
-    typing: str = "strong",
     workspace_mb: int = 1024,
     cache_dir: Path | None = None,
     device: str = "cuda:0",
 ) -> tuple[EngineMetadata, bool]:
-    """Build (or take from the cache) the engine of ``onnx_path``; returns (metadata, from_cache).
+    """Build (or take from the cache) the engine of ``onnx_path`` on ``device``; returns (metadata, from_cache).
 
-    For a strongly typed build ``onnx_path`` must carry its precision (the FP16 model, or the
-    Q/DQ INT8 model). The timing cache is shared by all builds for one TensorRT version + GPU.
+    ``onnx_path`` carries its precision (the FP16 model, or the Q/DQ INT8 model): the network is
+    strongly typed. The timing cache is shared by all builds for one TensorRT version + GPU.
     """
+    import torch
+
     trt, gpu, capability = require_tensorrt(device)
+    with torch.cuda.device(cuda_index(device)):  # TensorRT builds on the current CUDA device
+        return _build(trt, gpu, capability, Path(onnx_path), Path(engine_path), precision, profile, workspace_mb,
+                      Path(cache_dir or DEFAULT_CACHE_DIR).expanduser())
+
+
+def _build(trt: Any, gpu: str, capability: str, onnx_path: Path, engine_path: Path, precision: str,
+           profile: dict[str, list[int]], workspace_mb: int, cache: Path) -> tuple[EngineMetadata, bool]:
     version = trt.__version__
-    typing = network_typing(version, typing)
-    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
-    cache = Path(cache_dir or DEFAULT_CACHE_DIR).expanduser()
     onnx_sha = sha256_file(onnx_path)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
 
     # Parse first: the input/output names go into the metadata (and the cache key is then complete).
     flags = 0
-    if typing == "strong" and not always_strongly_typed(version):
+    if not always_strongly_typed(version):
+        # TensorRT 10 only. TensorRT 11 deprecates this flag and ignores it: every network is strongly typed.
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
@@ -258,7 +253,7 @@ def build_engine(
     input_name = network.get_input(0).name
     output_names = [network.get_output(i).name for i in range(network.num_outputs)]
     meta = EngineMetadata(tensorrt_version=version, gpu_name=gpu, compute_capability=capability, precision=precision,
-                          typing=typing, input_name=input_name, output_names=output_names, profile=profile,
+                          input_name=input_name, output_names=output_names, profile=profile,
                           onnx_sha256=onnx_sha, onnx_file=onnx_path.name,
                           built_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     cached = cache / f"{meta.cache_key()}.engine"
@@ -267,16 +262,20 @@ def build_engine(
         return EngineMetadata.load(engine_path), True
 
     config = builder.create_builder_config()
+    # Not deprecated: TensorRT 10's docstring of WORKSPACE mentions the deprecated IAlgorithmSelector.
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    for flag in builder_flag_names(precision, typing):
-        config.set_flag(getattr(trt.BuilderFlag, flag))
     optimisation = builder.create_optimization_profile()
     optimisation.set_shape(input_name, profile["min"], profile["opt"], profile["max"])
     config.add_optimization_profile(optimisation)
 
     timing_path = cache / f"timing-trt{version}-{re.sub(r'[^A-Za-z0-9]+', '-', gpu).lower()}.cache"
     timing_cache = config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file() else b"")
-    config.set_timing_cache(timing_cache, ignore_mismatch=False)
+    if not config.set_timing_cache(timing_cache, ignore_mismatch=False):
+        # A cache from another TensorRT or GPU (or a damaged file): build without it and replace it afterwards.
+        print(f"[build_engine] timing cache {timing_path} was rejected (another TensorRT/GPU, or damaged); "
+              "building with a fresh one")
+        if not config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False):
+            raise RuntimeError("TensorRT rejected an empty timing cache")
 
     print(f"[build_engine] building {precision} engine from {onnx_path.name} (TensorRT {version}, {gpu}) ...")
     serialized = builder.build_serialized_network(network, config)

@@ -1,4 +1,6 @@
-"""The TensorRT path without TensorRT: versions, profile, engine metadata, refusal, skip report."""
+"""The TensorRT path without TensorRT: versions, profile, engine metadata, refusal, skip report, and
+the engine build driven against a recording fake of the TensorRT objects (calls, arguments, order).
+A static check of every TensorRT call site against the real bindings is in test_tensorrt_api.py."""
 
 from __future__ import annotations
 
@@ -13,10 +15,9 @@ from pipeline.runtime.base import BackendUnavailable
 from pipeline.tensorrt_engine import (
     EngineIncompatible,
     EngineMetadata,
-    builder_flag_names,
+    build_engine,
     cache_key,
     check_compatible,
-    network_typing,
     parse_version,
     profile_shapes,
     shape_in_profile,
@@ -25,7 +26,7 @@ from pipeline.tensorrt_engine import (
 
 def meta(**changes) -> EngineMetadata:
     base = dict(tensorrt_version="10.13.0.35", gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0",
-                precision="fp16", typing="strong", input_name="images", output_names=["logits"],
+                precision="fp16", input_name="images", output_names=["logits"],
                 profile=profile_shapes(64, 8), onnx_sha256="ab" * 32, onnx_file="student_fp16.onnx")
     return EngineMetadata(**{**base, **changes})
 
@@ -41,14 +42,86 @@ def test_garbage_is_not_a_version():
         parse_version("tensorrt")
 
 
-def test_tensorrt_11_has_only_strongly_typed_networks_and_no_precision_flags():
-    assert network_typing("11.0.0", "strong") == "strong"
-    with pytest.raises(ValueError, match="no FP16/INT8 builder flags"):
-        network_typing("11.1.0", "flags")
-    assert network_typing("10.13.0", "flags") == "flags"  # TensorRT 10 supports both paths
-    assert builder_flag_names("fp16", "strong") == [] and builder_flag_names("int8", "strong") == []
-    assert builder_flag_names("fp16", "flags") == ["FP16"]
-    assert "INT8" in builder_flag_names("int8", "flags")
+class Recorder:
+    """A stand-in for the tensorrt module: every call on it, or on what it returns, is logged."""
+
+    def __init__(self, version: str, accept_timing_cache: bool = True) -> None:
+        self.__version__ = version
+        self.calls: list[tuple] = []
+        self.accept_timing_cache = accept_timing_cache
+
+    def __getattr__(self, name: str):
+        return _Recorded(self, name)
+
+
+class _Recorded:
+    RETURNS = {"parse_from_file": True, "num_outputs": 1, "num_errors": 0, "name": "images",
+               "build_serialized_network": b"engine-bytes", "serialize": b"timing-bytes"}
+
+    def __init__(self, recorder: Recorder, path: str) -> None:
+        self._recorder, self._path = recorder, path
+
+    def __getattr__(self, name: str):
+        if name in ("num_outputs", "num_errors", "name"):
+            return self.RETURNS[name]
+        return _Recorded(self._recorder, f"{self._path}.{name}")
+
+    def __int__(self) -> int:
+        return 5  # an enum member's value
+
+    def __call__(self, *args, **kwargs):
+        method = self._path.rsplit(".", 1)[-1]
+        self._recorder.calls.append((method, args, kwargs))
+        if method == "set_timing_cache":
+            accepted = self._recorder.accept_timing_cache
+            self._recorder.accept_timing_cache = True  # the fresh cache is accepted
+            return accepted
+        return self.RETURNS.get(method, _Recorded(self._recorder, method))
+
+
+def build_with(monkeypatch, tmp_path: Path, version: str, **recorder_options) -> Recorder:
+    import contextlib
+
+    import torch
+
+    trt = Recorder(version, **recorder_options)
+    monkeypatch.setattr(te, "require_tensorrt", lambda device: (trt, "NVIDIA H100", "9.0"))
+    monkeypatch.setattr(te, "cuda_index", lambda device: int(device.rpartition(":")[2] or 0))
+    devices = []
+    monkeypatch.setattr(torch.cuda, "device", lambda index: devices.append(index) or contextlib.nullcontext())
+    onnx = tmp_path / "student_int8.onnx"
+    onnx.write_bytes(b"onnx")
+    build_engine(onnx, tmp_path / "student_int8.engine", precision="int8", profile=profile_shapes(64, 8),
+                 cache_dir=tmp_path / "cache", device="cuda:1")
+    trt.devices = devices
+    return trt
+
+
+def test_an_engine_is_built_strongly_typed_on_the_requested_gpu_without_precision_flags(monkeypatch, tmp_path):
+    trt = build_with(monkeypatch, tmp_path, "11.4.0.106")
+    methods = [call[0] for call in trt.calls]
+    assert trt.devices == [1]
+    assert methods.index("create_network") < methods.index("parse_from_file") < methods.index("create_builder_config")
+    assert methods.index("add_optimization_profile") < methods.index("build_serialized_network")
+    assert "set_flag" not in methods
+    assert next(call for call in trt.calls if call[0] == "create_network")[1] == (0,)  # 11: always strongly typed
+    set_shape = next(call for call in trt.calls if call[0] == "set_shape")
+    assert set_shape[1] == ("images", [1, 3, 32, 32], [1, 3, 64, 64], [8, 3, 128, 128])
+    assert (tmp_path / "student_int8.engine").read_bytes() == b"engine-bytes"
+    assert EngineMetadata.load(tmp_path / "student_int8.engine").precision == "int8"
+
+
+def test_tensorrt_10_asks_for_a_strongly_typed_network_with_the_creation_flag(monkeypatch, tmp_path):
+    trt = build_with(monkeypatch, tmp_path, "10.13.3.9")
+    assert next(call for call in trt.calls if call[0] == "create_network")[1] == (1 << 5,)
+
+
+def test_a_rejected_timing_cache_is_replaced_by_a_fresh_one_and_said(monkeypatch, tmp_path, capsys):
+    trt = build_with(monkeypatch, tmp_path, "11.4.0.106", accept_timing_cache=False)
+    caches = [call for call in trt.calls if call[0] == "create_timing_cache"]
+    assert len(caches) == 2 and caches[1][1] == (b"",)
+    assert "timing cache" in (out := capsys.readouterr().out) and "was rejected" in out
+    assert [call[0] for call in trt.calls].count("set_timing_cache") == 2
 
 
 def test_default_profile_spans_half_to_twice_the_training_size_optimised_for_batch_one():

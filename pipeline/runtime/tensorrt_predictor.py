@@ -1,19 +1,23 @@
 """TensorRT engine inference behind the :class:`Predictor` interface.
 
-I/O buffers are torch CUDA tensors (no pycuda/cuda-python dependency); the engine runs with
-``execute_async_v3`` on torch's current stream after ``set_input_shape`` / ``set_tensor_address``.
-Loading checks the engine's metadata first and refuses an engine built by another TensorRT
-version or on another GPU (:class:`~pipeline.tensorrt_engine.EngineIncompatible`).
+I/O buffers are torch CUDA tensors (no pycuda/cuda-python dependency), allocated once at the
+engine profile's largest shape together with pinned host buffers, and the engine runs on one
+stream of its own (TensorRT adds device synchronisations to every call on the default stream);
+all of it is released by :meth:`TensorRTPredictor.close` (or leaving a ``with`` block). Loading
+checks the engine's metadata first and refuses an engine built by another TensorRT version or on
+another GPU (:class:`~pipeline.tensorrt_engine.EngineIncompatible`); a shape outside the engine's
+profile is refused before it reaches TensorRT.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.tensorrt_engine import EngineMetadata, check_compatible, require_tensorrt, shape_in_profile
+from pipeline.tensorrt_engine import EngineMetadata, check_compatible, cuda_index, require_tensorrt, shape_in_profile
 
 
 class TensorRTPredictor:
@@ -27,57 +31,91 @@ class TensorRTPredictor:
         self.meta = EngineMetadata.load(self.path)
         check_compatible(self.meta, trt.__version__, gpu, capability)
         self.precision = self.meta.precision
-        self.device = str(torch.device(device))
+        self.device = torch.device("cuda", cuda_index(device))
         self._trt_version = trt.__version__
         self._gpu = gpu
 
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
-        self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
-        if self.engine is None:
-            raise RuntimeError(f"TensorRT could not deserialize {self.path}; rebuild it with --force build_engine")
-        self.context = self.engine.create_execution_context()
+        with torch.cuda.device(self.device):  # TensorRT deserializes onto the current CUDA device
+            self._logger = trt.Logger(trt.Logger.WARNING)
+            self._runtime = trt.Runtime(self._logger)
+            self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+            if self.engine is None:
+                raise RuntimeError(f"TensorRT could not deserialize {self.path}; rebuild it with --force build_engine")
+            self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
         self.output_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        self._torch_dtypes = {name: _torch_dtype(trt, self.engine.get_tensor_dtype(name)) for name in names}
+        dtypes = {name: _torch_dtype(trt, self.engine.get_tensor_dtype(name)) for name in names}
+
+        # Everything a call needs, once: the stream, device buffers at the profile's largest shape and
+        # pinned host buffers (so copies are asynchronous). Calls take views of the first elements.
+        self.stream = torch.cuda.Stream(self.device)
+        max_shape = tuple(self.meta.profile["max"])
+        self.context.set_input_shape(self.input_name, max_shape)
+        self._device_buffers = {self.input_name: torch.empty(max_shape, dtype=dtypes[self.input_name],
+                                                             device=self.device)}
+        self._host_outputs = {}
+        for name in self.output_names:
+            largest = tuple(self.context.get_tensor_shape(name))
+            self._device_buffers[name] = torch.empty(largest, dtype=dtypes[name], device=self.device)
+            self._host_outputs[name] = torch.empty(largest, dtype=dtypes[name], pin_memory=True)
+        self._host_input = torch.empty(max_shape, dtype=torch.float32, pin_memory=True)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         import torch
 
         shape = tuple(images.shape)
         if not shape_in_profile(shape, self.meta.profile):
-            raise ValueError(f"input shape {shape} is outside the engine's profile {self.meta.profile}; "
-                             "rebuild with engine.min_shape/max_shape covering it")
-        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device)
-        x = x.to(self._torch_dtypes[self.input_name])
-        self.context.set_input_shape(self.input_name, shape)
-        self.context.set_tensor_address(self.input_name, x.data_ptr())
-        outputs = {}
-        for name in self.output_names:
-            out = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self._torch_dtypes[name],
-                              device=self.device)
-            self.context.set_tensor_address(name, out.data_ptr())
-            outputs[name] = out
-        stream = torch.cuda.current_stream(torch.device(self.device))
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError(f"TensorRT execution failed for input shape {shape}")
-        stream.synchronize()
-        return outputs[self.output_names[0]].float().cpu().numpy()
+            raise ValueError(f"input shape {shape} is outside the engine's profile (min {self.meta.profile['min']}, "
+                             f"max {self.meta.profile['max']}); rebuild with engine.min_shape/max_shape covering it")
+        host_in = _view(self._host_input, shape)
+        host_in.copy_(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)))
+        device_in = _view(self._device_buffers[self.input_name], shape)
+        if not self.context.set_input_shape(self.input_name, shape):
+            raise ValueError(f"TensorRT refused input shape {shape} for {self.path.name}")
+        with torch.cuda.stream(self.stream):
+            device_in.copy_(host_in, non_blocking=True)
+            self.context.set_tensor_address(self.input_name, device_in.data_ptr())
+            views = {}
+            for name in self.output_names:
+                views[name] = _view(self._device_buffers[name], tuple(self.context.get_tensor_shape(name)))
+                self.context.set_tensor_address(name, views[name].data_ptr())
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise RuntimeError(f"TensorRT execution failed for input shape {shape}")
+            first = self.output_names[0]
+            host_out = _view(self._host_outputs[first], tuple(views[first].shape))
+            host_out.copy_(views[first], non_blocking=True)
+        self.stream.synchronize()
+        return host_out.float().numpy().copy()
+
+    def close(self) -> None:
+        """Release the execution context, engine and buffers (the stream goes with the last reference)."""
+        self.context = self.engine = None
+        self._device_buffers, self._host_outputs = {}, {}
+
+    def __enter__(self) -> "TensorRTPredictor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def describe(self) -> dict[str, Any]:
         return {
             "backend": self.backend,
             "precision": self.precision,
-            "device": self.device,
+            "device": str(self.device),
             "provider": "tensorrt",
             "threads": "n/a",
             "tensorrt_version": self._trt_version,
             "gpu": self._gpu,
-            "typing": self.meta.typing,
             "profile": self.meta.profile,
             "model": str(self.path),
         }
+
+
+def _view(buffer: Any, shape: tuple[int, ...]) -> Any:
+    """The first ``prod(shape)`` elements of a preallocated buffer, as a contiguous tensor of ``shape``."""
+    return buffer.view(-1)[: math.prod(shape)].view(shape)
 
 
 def _torch_dtype(trt: Any, dtype: Any) -> Any:

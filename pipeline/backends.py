@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.runtime.base import BackendUnavailable, Predictor
+from pipeline.runtime.provider_options import CUDA_EP, TRT_EP
 
 # metrics.json keys from the first contract, mirrored from their canonical entries.
 LEGACY_ALIASES = {"pytorch": "pytorch-fp32", "onnxruntime": "onnxruntime-fp32"}
 REFERENCE_KEY = "pytorch-fp32"
-CUDA_EP = "CUDAExecutionProvider"
-TRT_EP = "TensorrtExecutionProvider"
 
 
 @dataclass(frozen=True)
@@ -62,12 +61,17 @@ class OpenedBackend:
         return row
 
 
-def backend_plan(torch_model: Callable[[], Any], threads: int | None = None) -> list[Backend]:
-    """The full matrix, in table order. ``torch_model`` builds the stripped student (lazily)."""
+def backend_plan(torch_model: Callable[[], Any], threads: int | None = None,
+                 profile: dict[str, list[int]] | None = None, cache_dir: Path | None = None) -> list[Backend]:
+    """The full matrix, in table order. ``torch_model`` builds the stripped student (lazily);
+    ``profile`` (the engine's min/opt/max input shapes) and ``cache_dir`` configure the GPU providers."""
     from pipeline.runtime import OnnxRuntimePredictor, TorchPredictor
+    from pipeline.runtime.provider_options import provider_options
 
-    def ort(providers: tuple[str, ...]) -> Callable[[Path | None], Predictor]:
-        return lambda path: OnnxRuntimePredictor(path, providers=providers, threads=threads)
+    def ort(providers: tuple[str, ...], precision: str = "fp32") -> Callable[[Path | None], Predictor]:
+        options = [provider_options(p, precision=precision, profile=profile, cache_dir=cache_dir) for p in providers]
+        return lambda path: OnnxRuntimePredictor(path, providers=providers, threads=threads,
+                                                 provider_options=options if any(options) else None)
 
     def ort_fp16(path: Path | None) -> Predictor:
         from pipeline.runtime import available_onnxruntime_providers
@@ -77,7 +81,7 @@ def backend_plan(torch_model: Callable[[], Any], threads: int | None = None) -> 
                 "FP16 ONNX runs well only on a GPU execution provider; this onnxruntime has none (on CPU, ONNX "
                 "Runtime casts FP16 back to FP32 around every node, so the figure would be meaningless)",
                 "pip install onnxruntime-gpu (in place of onnxruntime; needs CUDA + cuDNN)")
-        return OnnxRuntimePredictor(path, providers=(CUDA_EP,), threads=threads)
+        return ort((CUDA_EP,), "fp16")(path)
 
     def tensorrt(path: Path | None) -> Predictor:
         from pipeline.runtime import TensorRTPredictor

@@ -16,7 +16,7 @@ from pipeline.backends import backend_plan, open_backend, with_legacy_aliases
 from pipeline.benchmark_table import table_row, write_table
 from pipeline.latency import machine_info, measure_latency
 from pipeline.stage import Stage, StageContext, StageResult
-from stages.deployables import DEPLOY_INPUTS, run_artifacts, student_factory
+from stages.deployables import DEPLOY_INPUTS, gpu_provider_settings, run_artifacts, student_factory
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -28,7 +28,7 @@ def run(ctx: StageContext) -> StageResult:
     images = np.random.default_rng(0).standard_normal((bench.batch_size, 3, size, size)).astype(np.float32)
 
     backends: dict[str, Any] = {}
-    for spec in backend_plan(student_factory(ctx), threads=bench.threads):
+    for spec in backend_plan(student_factory(ctx), threads=bench.threads, **gpu_provider_settings(ctx.config)):
         entry = dict(validated.get(spec.key, {}))
         opened = open_backend(spec, artifacts)
         if opened.predictor is None:
@@ -81,6 +81,6 @@ STAGE = Stage(
     name="benchmark",
     run=run,
     inputs=(*DEPLOY_INPUTS, "validate"),
-    config_keys=("benchmark", "data.image_size", "student.model", "distill.methods"),
+    config_keys=("benchmark", "data.image_size", "student.model", "distill.methods", "engine"),
     description="latency of every backend x precision; benchmark.{json,csv,md}",
 )

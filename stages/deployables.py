@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from pipeline.backends import Artifact
 from pipeline.builders import build_student, load_weights
+from pipeline.config import PipelineConfig
 from pipeline.stage import StageContext
 from stages.quantize import quantized_artifact
+
+
+def gpu_provider_settings(config: PipelineConfig) -> dict[str, Any]:
+    """What ONNX Runtime's GPU providers are configured with: the engine profile and a cache folder."""
+    from pipeline.tensorrt_engine import DEFAULT_CACHE_DIR, profile_shapes
+
+    engine = config.engine
+    profile = profile_shapes(config.data.image_size, engine.max_batch, min_shape=engine.min_shape,
+                             opt_shape=engine.opt_shape, max_shape=engine.max_shape)
+    return {"profile": profile, "cache_dir": Path(engine.cache_dir or DEFAULT_CACHE_DIR).expanduser() / "onnxruntime"}
 
 
 def student_factory(ctx: StageContext) -> Callable[[], nn.Module]:

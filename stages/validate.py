@@ -23,7 +23,7 @@ from pipeline.runtime import Predictor
 from pipeline.stage import Stage, StageContext, StageResult
 from pipeline.tasks import get_task
 from pipeline.validation import tensor_parity, verdict
-from stages.deployables import DEPLOY_INPUTS, run_artifacts, student_factory
+from stages.deployables import DEPLOY_INPUTS, gpu_provider_settings, run_artifacts, student_factory
 
 
 def val_batches(ctx: StageContext) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -80,7 +80,7 @@ def run(ctx: StageContext) -> StageResult:
     inputs = parity_inputs(ctx)
     np.save(ctx.dir / "parity_inputs.npy", inputs)
 
-    plan = backend_plan(student_factory(ctx))
+    plan = backend_plan(student_factory(ctx), **gpu_provider_settings(config))
     reference = open_backend(plan[0], artifacts).predictor
     assert plan[0].key == REFERENCE_KEY and reference is not None
     reference_logits = reference.predict(inputs)
@@ -121,6 +121,6 @@ STAGE = Stage(
     name="validate",
     run=run,
     inputs=DEPLOY_INPUTS,
-    config_keys=("task", "validate", "data", "student.model", "distill.methods", "export.dynamic"),
+    config_keys=("task", "validate", "data", "student.model", "distill.methods", "export.dynamic", "engine"),
     description="parity and task metric (mIoU / top-1) of every backend x precision against PyTorch",
 )

@@ -37,7 +37,9 @@ class OnnxRuntimePredictor:
         path: str | Path,
         providers: Sequence[str] = ("CPUExecutionProvider",),
         threads: int | None = None,
+        provider_options: Sequence[dict[str, str]] | None = None,
     ) -> None:
+        """``provider_options``: one dict per provider, in order (see :mod:`pipeline.runtime.provider_options`)."""
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - onnxruntime is a hard dependency
@@ -60,7 +62,12 @@ class OnnxRuntimePredictor:
         if threads is not None:
             options.intra_op_num_threads = threads
         self.threads = threads
-        self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=self.requested_providers)
+        self.provider_options = [dict(o) for o in provider_options] if provider_options else None
+        if self.provider_options is not None and len(self.provider_options) != len(self.requested_providers):
+            raise ValueError(f"{len(self.provider_options)} provider option dicts for "
+                             f"{len(self.requested_providers)} providers; give one per provider")
+        self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=self.requested_providers,
+                                            provider_options=self.provider_options)
 
         # A GPU provider whose shared libraries fail to load is dropped with only a log line;
         # refuse that, so a "CUDA" figure is never a CPU measurement.
@@ -107,6 +114,7 @@ class OnnxRuntimePredictor:
             "provider": self.providers[0],
             "providers": list(self.providers),
             "threads": self.threads if self.threads is not None else "default",
+            **({"provider_options": self.provider_options} if self.provider_options else {}),
             "onnxruntime_version": self._ort_version,
             "model": str(self.path),
             "input": self.input_name,

@@ -1,8 +1,10 @@
 # One-command GPU runs that produce deployable engines:
 #   docker build -t distill-deploy .
 #   docker run --gpus all --rm -v "$PWD/exported:/workspace/distill-deploy/exported" distill-deploy
-# The base image carries CUDA, cuDNN and TensorRT (Python bindings included); pin it here and
-# rebuild engines whenever it changes: TensorRT engines are not portable across versions or GPUs.
+# The base image carries CUDA 13.0, cuDNN and TensorRT 10.13.3 (Python bindings included); every
+# CUDA library here is CUDA 13: torch from PyPI (cu130), onnxruntime-gpu 1.31.1 (CUDA 13 build).
+# The pins are one table (README "Docker"; tests/test_dockerfile.py checks they agree with
+# pyproject.toml's gpu extra). Rebuild engines whenever they change: engines are not portable.
 ARG BASE_IMAGE=nvcr.io/nvidia/tensorrt:25.10-py3
 FROM ${BASE_IMAGE}
 
@@ -24,7 +26,7 @@ RUN python3 -m venv --system-site-packages .venv \
  && .venv/bin/pip install --upgrade pip \
  && .venv/bin/pip install -e '.[dev]' \
  && .venv/bin/pip uninstall -y onnxruntime \
- && .venv/bin/pip install 'onnxruntime-gpu>=1.20' \
+ && .venv/bin/pip install 'onnxruntime-gpu==1.31.1' \
  && touch .venv/.installed-stamp
 
 VOLUME ["/workspace/distill-deploy/exported"]

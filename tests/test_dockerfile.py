@@ -48,3 +48,21 @@ def test_the_default_command_is_the_readme_one_command_run():
     workdir = instructions("WORKDIR")[0].strip()
     assert f"{workdir}/exported" in readme and "docker build -t distill-deploy ." in readme
     assert instructions("VOLUME") == [f'["{workdir}/exported"]']
+
+
+def pins_in(text: str) -> dict[str, str]:
+    return dict(re.findall(r"\b(onnxruntime-gpu|tensorrt-cu\d+)==([\w.]+)", text))
+
+
+def test_dockerfile_readme_and_the_gpu_extra_name_one_set_of_versions_on_one_cuda_major():
+    extra = " ".join(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"])
+    readme = (ROOT / "README.md").read_text()
+    pinned = pins_in(extra)
+    assert set(pinned) == {"onnxruntime-gpu", "tensorrt-cu13"}, "every GPU package pinned, TensorRT by CUDA major"
+    assert pins_in(readme) == pinned
+    assert pins_in(DOCKERFILE)["onnxruntime-gpu"] == pinned["onnxruntime-gpu"]
+    base = re.search(r"^ARG BASE_IMAGE=(\S+)", DOCKERFILE, re.M).group(1)
+    assert f"`{base}` (TensorRT {pinned['tensorrt-cu13'].rsplit('.', 1)[0]})" in readme
+    components = ("| base image |", "| TensorRT (extra) |", "| ONNX Runtime |", "| PyTorch |")
+    rows = [line for line in readme.splitlines() if line.startswith(components)]
+    assert len(rows) == 4 and {row.rsplit("|", 2)[1].strip() for row in rows} == {"13"}

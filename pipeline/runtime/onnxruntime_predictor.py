@@ -57,6 +57,8 @@ class OnnxRuntimePredictor:
                     _INSTALL_HINTS.get(provider, _DEFAULT_HINT),
                 )
 
+        if any(p in _GPU_PROVIDERS for p in self.requested_providers) and hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels (ONNX Runtime >= 1.21), before the session
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads is not None:

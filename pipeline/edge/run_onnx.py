@@ -15,6 +15,7 @@ come from meta.json beside this script.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -77,7 +78,12 @@ class OrtRunner:
 
 
 class TensorRTRunner:
-    """A TensorRT engine through cuda-python's runtime API (no torch needed)."""
+    """A TensorRT engine through cuda-python's runtime API (no torch needed).
+
+    The stream and the buffers are made once: device buffers and pinned host buffers sized for the
+    largest shape of the engine's optimisation profile (cudaFree would synchronise the device on
+    every call; pageable memory makes the copies synchronous). ``close()`` (or ``with``) frees them.
+    """
 
     def __init__(self, engine: Path) -> None:
         try:
@@ -106,8 +112,23 @@ class TensorRTRunner:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
         self.outputs = [n for n in names if n != self.input]
+        low, _, high = self.engine.get_tensor_profile_shape(self.input, 0)
+        self.profile = (tuple(low), tuple(high))
+        self.dtypes = {name: np.dtype(trt.nptype(self.engine.get_tensor_dtype(name))) for name in names}
+        if not self.context.set_input_shape(self.input, self.profile[1]):
+            raise RuntimeError(f"TensorRT refused the profile's own largest shape {self.profile[1]}")
+        largest = {self.input: self.profile[1],
+                   **{name: tuple(self.context.get_tensor_shape(name)) for name in self.outputs}}
         self.stream = self._check(cudart.cudaStreamCreate())
-        self.info = {"runtime": f"tensorrt {trt.__version__}", "model": engine.name}
+        self.device, self.host = {}, {}
+        for name, shape in largest.items():
+            nbytes = int(np.prod(shape)) * self.dtypes[name].itemsize
+            self.device[name] = self._check(cudart.cudaMalloc(nbytes))
+            pointer = self._check(cudart.cudaMallocHost(nbytes))
+            self.host[name] = np.ctypeslib.as_array((ctypes.c_byte * nbytes).from_address(int(pointer)))
+            self.context.set_tensor_address(name, int(self.device[name]))
+        self.info = {"runtime": f"tensorrt {trt.__version__}", "model": engine.name,
+                     "profile": {"min": list(self.profile[0]), "max": list(self.profile[1])}}
 
     def _check(self, result):
         err, *rest = result if isinstance(result, tuple) else (result,)
@@ -115,34 +136,46 @@ class TensorRTRunner:
             raise RuntimeError(f"CUDA error {err}")
         return rest[0] if rest else None
 
+    def _host(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        count = int(np.prod(shape))
+        return self.host[name].view(self.dtypes[name])[:count].reshape(shape)
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        cudart, trt = self.cudart, self.trt
-        x = np.ascontiguousarray(x, dtype=trt.nptype(self.engine.get_tensor_dtype(self.input)))
-        self.context.set_input_shape(self.input, x.shape)
-        buffers, host_out = [], {}
-        try:
-            d_in = self._check(cudart.cudaMalloc(x.nbytes))
-            buffers.append(d_in)
-            self._check(cudart.cudaMemcpyAsync(d_in, x.ctypes.data, x.nbytes,
-                                               cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream))
-            self.context.set_tensor_address(self.input, int(d_in))
-            for name in self.outputs:
-                out = np.empty(tuple(self.context.get_tensor_shape(name)),
-                               dtype=trt.nptype(self.engine.get_tensor_dtype(name)))
-                d_out = self._check(cudart.cudaMalloc(out.nbytes))
-                buffers.append(d_out)
-                self.context.set_tensor_address(name, int(d_out))
-                host_out[name] = (out, d_out)
-            if not self.context.execute_async_v3(self.stream):
-                raise RuntimeError("TensorRT execution failed")
-            for out, d_out in host_out.values():
-                self._check(cudart.cudaMemcpyAsync(out.ctypes.data, d_out, out.nbytes,
-                                                   cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream))
-            self._check(cudart.cudaStreamSynchronize(self.stream))
-        finally:
-            for buffer in buffers:
-                cudart.cudaFree(buffer)
-        return host_out[self.outputs[0]][0].astype(np.float32)
+        cudart = self.cudart
+        low, high = self.profile
+        if len(x.shape) != len(low) or any(not lo <= d <= hi for d, lo, hi in zip(x.shape, low, high)):
+            sys.exit(f"error: input shape {tuple(x.shape)} is outside the engine's profile (min {low}, max {high}); "
+                     "rebuild the engine with a profile that covers it")
+        if not self.context.set_input_shape(self.input, x.shape):
+            raise RuntimeError(f"TensorRT refused input shape {tuple(x.shape)}")
+        host_in = self._host(self.input, tuple(x.shape))
+        host_in[...] = x
+        copy_in, copy_out = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self._check(cudart.cudaMemcpyAsync(self.device[self.input], host_in.ctypes.data, host_in.nbytes, copy_in,
+                                           self.stream))
+        if not self.context.execute_async_v3(self.stream):
+            raise RuntimeError("TensorRT execution failed")
+        first = self.outputs[0]
+        host_out = self._host(first, tuple(self.context.get_tensor_shape(first)))
+        self._check(cudart.cudaMemcpyAsync(host_out.ctypes.data, self.device[first], host_out.nbytes, copy_out,
+                                           self.stream))
+        self._check(cudart.cudaStreamSynchronize(self.stream))
+        return host_out.astype(np.float32)
+
+    def close(self) -> None:
+        cudart = self.cudart
+        for pointer in self.device.values():
+            cudart.cudaFree(pointer)
+        for array in self.host.values():
+            cudart.cudaFreeHost(array.ctypes.data)
+        self.device, self.host = {}, {}
+        cudart.cudaStreamDestroy(self.stream)
+
+    def __enter__(self) -> "TensorRTRunner":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def benchmark(run, x: np.ndarray, warmup: int, min_iters: int, min_seconds: float) -> dict:
@@ -196,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.benchmark:
         report["latency"] = benchmark(run, x, args.warmup, args.min_iters, args.min_seconds)
     logits = run(x)
+    if hasattr(run, "close"):
+        run.close()
     labels = logits.argmax(1).astype(np.uint8)
     counts = np.bincount(labels.ravel(), minlength=len(meta["class_names"]))
     report["output_shape"] = list(logits.shape)

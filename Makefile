@@ -5,7 +5,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= configs/default.yaml
 ARGS   ?=
-PYTEST_ARGS ?=
+# Two workers, one per core (each test's torch work is mostly single-threaded); PYTEST_ARGS= for one.
+PYTEST_ARGS ?= -n 2
 
 .PHONY: install run test status clean-run browser baseline
 

@@ -241,6 +241,37 @@ def convert_fp16(src: Path, dst: Path, block_op_types: Sequence[str] = ()) -> di
     return {"keep_io_types": True, "op_block_list": list(block_op_types)}
 
 
+QDQ_FP16_OPSET = 19  # the first opset whose QuantizeLinear / DequantizeLinear take float16 scales
+
+
+def qdq_float_parts_to_fp16(path: Path) -> dict[str, Any]:
+    """Rewrite a Q/DQ INT8 model so that everything outside the quantized convolutions is FP16.
+
+    TensorRT builds only strongly typed networks (11; 10 as this project asks it to): a layer runs in
+    the type the ONNX gives it, so a Q/DQ model with float32 elsewhere (Resize, the layers left in
+    float) gives an INT8 + FP32 engine. Converting the float parts with ONNX Runtime's float16
+    converter, Q/DQ nodes included (their scales become FP16, allowed from opset 19), makes every
+    DequantizeLinear feed its Conv directly in FP16, so TensorRT still fuses Q/DQ into INT8 convs and
+    runs the rest in FP16. Inputs and outputs stay float32.
+    """
+    from onnx import version_converter
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    model = onnx.load(str(path))
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset < QDQ_FP16_OPSET:
+        model = version_converter.convert_version(model, QDQ_FP16_OPSET)
+    half = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(DEFAULT_OP_BLOCK_LIST))
+    _sort_topologically(half.graph)
+    props = {p.key: p.value for p in model.metadata_props}
+    props.update(float_precision="fp16", conversion="onnxruntime.transformers.float16 outside Q/DQ, keep_io_types")
+    _replace_metadata(half, props)
+    with atomic_path(path) as tmp:
+        onnx.save_model(half, str(tmp), save_as_external_data=False)
+        onnx.checker.check_model(str(tmp))
+    return {"float_precision": "fp16", "opset": max(opset, QDQ_FP16_OPSET)}
+
+
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     counts: dict[str, int] = {}
     for node in model.graph.node:

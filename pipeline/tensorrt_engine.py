@@ -16,7 +16,7 @@ import datetime as _dt
 import json
 import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,9 @@ class EngineMetadata:
     onnx_sha256: str
     onnx_file: str
     built_at: str = ""
+    # Layers by the precision TensorRT chose for their outputs ({"int8": 40, "fp16": 25}), from the
+    # engine inspector: proof of what the engine runs in, whatever the ONNX asked for.
+    layer_precisions: dict[str, int] | None = None
 
     def save(self, engine_path: Path) -> Path:
         path = metadata_path(engine_path)
@@ -267,6 +270,7 @@ def _build(trt: Any, gpu: str, capability: str, onnx_path: Path, engine_path: Pa
     optimisation = builder.create_optimization_profile()
     optimisation.set_shape(input_name, profile["min"], profile["opt"], profile["max"])
     config.add_optimization_profile(optimisation)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer precisions for the inspector
 
     timing_path = cache / f"timing-trt{version}-{re.sub(r'[^A-Za-z0-9]+', '-', gpu).lower()}.cache"
     timing_cache = config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file() else b"")
@@ -281,12 +285,37 @@ def _build(trt: Any, gpu: str, capability: str, onnx_path: Path, engine_path: Pa
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build the {precision} engine from {onnx_path}; see the log above")
+    meta = replace(meta, layer_precisions=_inspect(trt, logger, serialized))
+    print(f"[build_engine] {precision} engine layers by precision: {meta.layer_precisions}")
     cache.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(timing_path, bytes(config.get_timing_cache().serialize()))
     atomic_write_bytes(cached, bytes(serialized))
     meta.save(cached)
     _copy_engine(cached, engine_path)
     return meta, False
+
+
+def layer_precisions(engine_information: dict[str, Any]) -> dict[str, int]:
+    """Count the layers of an engine inspector JSON report by the data type of their first output."""
+    counts: dict[str, int] = {}
+    for layer in engine_information.get("Layers", []):
+        if not isinstance(layer, dict) or not layer.get("Outputs"):
+            continue
+        described = str(layer["Outputs"][0].get("Format/Datatype", "")).lower()
+        kind = next((name for name, words in _PRECISION_WORDS if any(word in described for word in words)), "other")
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+_PRECISION_WORDS = (("int8", ("int8",)), ("fp16", ("fp16", "half")), ("bf16", ("bf16",)), ("fp8", ("fp8",)),
+                    ("fp32", ("fp32", "float")), ("int32", ("int32",)), ("int64", ("int64",)))
+
+
+def _inspect(trt: Any, logger: Any, serialized: Any) -> dict[str, int]:
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(bytes(serialized))
+    inspector = engine.create_engine_inspector()
+    return layer_precisions(json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON)))
 
 
 def _copy_engine(src: Path, dst: Path) -> None:

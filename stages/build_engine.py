@@ -16,14 +16,9 @@ from pipeline.stage import Stage, StageContext, StageResult
 from pipeline.tensorrt_engine import build_engine, profile_shapes, require_tensorrt
 from stages.quantize import quantized_artifact
 
-# Which quantize output each engine precision is built from (strongly typed: precision is in the ONNX).
+# Which quantize output each engine precision is built from (strongly typed: precision is in the ONNX;
+# the INT8 one is TensorRT's own twin: signed Q/DQ and FP16 outside the quantized convolutions).
 SOURCES = {"fp16": "fp16", "int8": "int8_tensorrt"}
-
-
-def engine_source_label(ctx: StageContext, precision: str) -> str:
-    if precision == "int8" and ctx.config.quantize.activation_type == "qint8":
-        return "int8"  # the CPU model already has signed activations
-    return SOURCES[precision]
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -43,7 +38,7 @@ def run(ctx: StageContext) -> StageResult:
         if unavailable is not None:
             engines[precision] = {**unavailable.to_dict(), "profile": profile}
             continue
-        source, record = quantized_artifact(ctx, engine_source_label(ctx, precision))
+        source, record = quantized_artifact(ctx, SOURCES[precision])
         if source is None:
             status = "export failed" if record.get("status") == "export failed" else "skipped"
             engines[precision] = {"status": status, "reason": f"no {precision} ONNX model: {record.get('reason')}"}
@@ -66,7 +61,7 @@ STAGE = Stage(
     name="build_engine",
     run=run,
     inputs=("quantize",),
-    config_keys=("engine", "quantize.activation_type", "data.image_size"),
+    config_keys=("engine", "data.image_size"),
     enabled=lambda config: config.engine.enabled and bool(config.engine.precisions),
     description="TensorRT engines (FP16, INT8) with metadata; skipped without TensorRT/CUDA",
 )

@@ -15,11 +15,17 @@ from typing import Any
 import numpy as np
 
 from pipeline.data import build_dataset
-from pipeline.quantize import Int8Recipe, convert_fp16, quantize_int8, reduce_range_here
+from pipeline.quantize import (
+    Int8Recipe,
+    convert_fp16,
+    qdq_float_parts_to_fp16,
+    quantize_int8,
+    reduce_range_here,
+)
 from pipeline.stage import Stage, StageContext, StageResult
 
 INT8_NAME = "student_int8.onnx"
-INT8_TENSORRT_NAME = "student_int8_s8s8.onnx"  # signed activations: what TensorRT's Q/DQ needs
+INT8_TENSORRT_NAME = "student_int8_s8s8.onnx"  # signed activations (TensorRT's Q/DQ), FP16 elsewhere
 FP16_NAME = "student_fp16.onnx"
 
 
@@ -31,7 +37,12 @@ def calibration_images(ctx: StageContext) -> np.ndarray:
 
 def needs_tensorrt_twin(ctx: StageContext) -> bool:
     engine = ctx.config.engine
-    return engine.enabled and "int8" in engine.precisions and ctx.config.quantize.activation_type != "qint8"
+    return engine.enabled and "int8" in engine.precisions
+
+
+def tensorrt_twin(source: Path, dst: Path, calibration: np.ndarray, recipe: Int8Recipe) -> dict[str, Any]:
+    """The INT8 model TensorRT builds from: signed Q/DQ, full-range weights, FP16 wherever not INT8."""
+    return {**quantize_int8(source, dst, calibration, recipe), **qdq_float_parts_to_fp16(dst)}
 
 
 def _attempt(label: str, make: Any) -> dict[str, Any]:
@@ -69,8 +80,8 @@ def run(ctx: StageContext) -> StageResult:
             # TensorRT's INT8 kernels do not saturate like ONNX Runtime's VNNI-less x86 ones: full-range weights.
             twin = Int8Recipe(**{**recipe.__dict__, "activation_type": "qint8", "reduce_range": False,
                                  "reduce_range_reason": "TensorRT twin: always full-range weights"})
-            jobs.append(("int8_tensorrt", INT8_TENSORRT_NAME,
-                         lambda: quantize_int8(source, ctx.dir / INT8_TENSORRT_NAME, calibration, twin)))
+            jobs.append(("int8_tensorrt", INT8_TENSORRT_NAME, lambda: tensorrt_twin(source, ctx.dir / INT8_TENSORRT_NAME,
+                                                                                   calibration, twin)))
     if q.fp16:
         jobs.append(("fp16", FP16_NAME, lambda: convert_fp16(source, ctx.dir / FP16_NAME)))
     for label, name, make in jobs:

@@ -18,6 +18,7 @@ from pipeline.quantize import (
     Int8Recipe,
     classifier_nodes,
     convert_fp16,
+    qdq_float_parts_to_fp16,
     quantize_int8,
     resolve_reduce_range,
 )
@@ -55,6 +56,30 @@ def test_int8_model_is_symmetric_per_channel_qdq_and_keeps_dynamic_shapes(fp32_f
     for shape in ((1, 3, 32, 32), (2, 3, 48, 64)):
         x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
         assert run(dst, x).shape == run(fp32_file, x).shape
+
+
+def test_the_tensorrt_int8_model_is_int8_convs_and_fp16_everywhere_else(fp32_file, tmp_path):
+    # A strongly typed TensorRT network runs each layer in the ONNX's type: FP32 left outside the
+    # Q/DQ pairs would make an INT8 + FP32 engine.
+    dst = tmp_path / "twin.onnx"
+    quantize_int8(fp32_file, dst, calibration(32), Int8Recipe(activation_type="qint8"))
+    x = np.random.default_rng(2).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    before = run(dst, x)
+    assert qdq_float_parts_to_fp16(dst) == {"float_precision": "fp16", "opset": 19}
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(dst)))
+    producer = {out: node for node in model.graph.node for out in node.output}
+    convs = [node for node in model.graph.node if node.op_type == "Conv"]
+    assert convs and all(producer[node.input[0]].op_type == "DequantizeLinear" for node in convs)
+    assert all(producer[node.input[1]].op_type == "DequantizeLinear" for node in convs)
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
+    inner = [v for v in model.graph.value_info if v.type.tensor_type.elem_type in floats]
+    assert inner and all(v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 for v in inner), \
+        [v.name for v in inner if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
+    assert [i.type.tensor_type.elem_type for i in model.graph.input] == [onnx.TensorProto.FLOAT]  # float32 I/O
+    assert [o.type.tensor_type.elem_type for o in model.graph.output] == [onnx.TensorProto.FLOAT]
+    after = run(dst, x)
+    assert (after.argmax(1) == before.argmax(1)).mean() > 0.95
+    assert read_metadata(dst)["precision"] == "int8" and read_metadata(dst)["float_precision"] == "fp16"
 
 
 def test_onnxruntime_int8_has_symmetric_weights_and_asymmetric_u8_activations(fp32_file, tmp_path):

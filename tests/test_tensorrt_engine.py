@@ -4,6 +4,7 @@ A static check of every TensorRT call site against the real bindings is in test_
 
 from __future__ import annotations
 
+import json
 import types
 from pathlib import Path
 
@@ -56,7 +57,11 @@ class Recorder:
 
 class _Recorded:
     RETURNS = {"parse_from_file": True, "num_outputs": 1, "num_errors": 0, "name": "images",
-               "build_serialized_network": b"engine-bytes", "serialize": b"timing-bytes"}
+               "build_serialized_network": b"engine-bytes", "serialize": b"timing-bytes",
+               "get_engine_information": json.dumps({"Layers": [
+                   {"Name": "conv1", "Outputs": [{"Format/Datatype": "Channel major INT8 format where C % 32 == 0"}]},
+                   {"Name": "resize", "Outputs": [{"Format/Datatype": "Row major linear FP16 format"}]},
+                   {"Name": "conv2", "Outputs": [{"Format/Datatype": "Channel major INT8 format where C % 32 == 0"}]}]})}
 
     def __init__(self, recorder: Recorder, path: str) -> None:
         self._recorder, self._path = recorder, path
@@ -108,7 +113,16 @@ def test_an_engine_is_built_strongly_typed_on_the_requested_gpu_without_precisio
     set_shape = next(call for call in trt.calls if call[0] == "set_shape")
     assert set_shape[1] == ("images", [1, 3, 32, 32], [1, 3, 64, 64], [8, 3, 128, 128])
     assert (tmp_path / "student_int8.engine").read_bytes() == b"engine-bytes"
-    assert EngineMetadata.load(tmp_path / "student_int8.engine").precision == "int8"
+    saved = EngineMetadata.load(tmp_path / "student_int8.engine")
+    assert saved.precision == "int8" and saved.layer_precisions == {"int8": 2, "fp16": 1}
+    assert methods.index("build_serialized_network") < methods.index("create_engine_inspector")
+
+
+def test_layer_precisions_are_counted_from_the_inspector_report():
+    report = {"Layers": [{"Outputs": [{"Format/Datatype": "Row major linear FP32"}]},
+                         {"Outputs": [{"Format/Datatype": "Row major linear Half"}]},
+                         {"Outputs": []}, "a layer name only (verbosity below DETAILED)"]}
+    assert te.layer_precisions(report) == {"fp32": 1, "fp16": 1}
 
 
 def test_tensorrt_10_asks_for_a_strongly_typed_network_with_the_creation_flag(monkeypatch, tmp_path):

@@ -8,7 +8,7 @@ ARGS   ?=
 # Two workers, one per core (each test's torch work is mostly single-threaded); PYTEST_ARGS= for one.
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install run test status clean-run browser baseline
+.PHONY: install run test status clean-run browser baseline gpu-check gpu-wheels
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,28 @@ baseline: install
 	$(PY) -m pipeline gate exported/smoke-baseline --baseline tests/baselines/smoke.json --write-baseline \
 		--latency-ratio-max 1.0 --spread-run $(SPREAD)/aten-default --spread-run $(SPREAD)/avx2 \
 		--spread-run $(SPREAD)/onednn-sse41 --spread-run $(SPREAD)/threads2
+
+# The GPU check, sized for 8 minutes of one GPU: the smoke pipeline on CUDA (bf16, channels_last,
+# torch.compile), the training benchmark at crop 513 and the TaT loss naive against SDPA at N = 16641,
+# in one table (exported/gpu-check/gpu_check.md). It runs with the machine's own python3 and torch;
+# where that machine reaches no package registry, `make gpu-wheels` (here) puts what it lacks in .whl/
+# for it to install first.
+GPU_PYTHON ?= python3
+GPU_SITE   := /tmp/gpu-check-site
+gpu-check:
+	@if [ -d .whl ]; then $(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --upgrade \
+		--target $(GPU_SITE) .whl/*.whl; fi
+	PYTHONPATH=$(GPU_SITE) PYTHONUNBUFFERED=1 $(GPU_PYTHON) -m pipeline.benchmarks.gpu_check --out exported/gpu-check
+
+# Wheels (CPython 3.12, x86-64 Linux) of what the GPU check needs beyond torch, onnx, onnxruntime,
+# OpenCV, SciPy and PyYAML: the versions this project's venv runs.
+GPU_WHEELS := albumentations==2.0.8 albucore==0.0.24 simsimd==6.5.16 stringzilla==5.3.2 pydantic==2.14.4 \
+	pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0 onnxslim==0.1.98
+gpu-wheels: install
+	rm -rf .whl
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl $(GPU_WHEELS)
 
 clean-run:
 	rm -rf exported/default

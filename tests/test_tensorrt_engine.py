@@ -8,6 +8,7 @@ import json
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline import tensorrt_engine as te
@@ -223,3 +224,94 @@ def test_open_backend_turns_unavailability_into_an_honest_row():
     failed = open_backend(Backend("onnxruntime-int8", "onnxruntime", "int8", "int8", unavailable),
                           {"int8": Artifact(None, "export failed", "quantization crashed")})
     assert failed.status == "export failed" and failed.reason == "quantization crashed"
+
+
+class CpuResources:
+    """The predictor's CUDA resources on the CPU, counting what it asks for."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def current_device(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def stream(self):
+        self.asked.append("stream")
+        return types.SimpleNamespace(cuda_stream=7, synchronize=lambda: None)
+
+    def on_stream(self, stream):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def device_buffer(self, shape, dtype):
+        import torch
+
+        self.asked.append("device_buffer")
+        return torch.zeros(shape, dtype=dtype)
+
+    def pinned_buffer(self, shape, dtype):
+        import torch
+
+        self.asked.append("pinned_buffer")
+        return torch.zeros(shape, dtype=dtype)
+
+
+class FakeExecution:
+    def __init__(self) -> None:
+        self.shape, self.addresses, self.streams = None, {}, []
+
+    def set_input_shape(self, name, shape):
+        self.shape = tuple(shape)
+        return True
+
+    def get_tensor_shape(self, name):
+        return (self.shape[0], 10, *self.shape[2:])
+
+    def set_tensor_address(self, name, address):
+        self.addresses[name] = address
+
+    def execute_async_v3(self, stream):
+        self.streams.append(stream)
+        return True
+
+
+def fake_predictor(monkeypatch, tmp_path):
+    from pipeline.runtime import tensorrt_predictor as tp
+
+    execution = FakeExecution()
+    engine = types.SimpleNamespace(num_io_tensors=2, get_tensor_name=lambda i: ["images", "logits"][i],
+                                   get_tensor_mode=lambda name: "in" if name == "images" else "out",
+                                   get_tensor_dtype=lambda name: "f32", create_execution_context=lambda: execution)
+    trt = types.SimpleNamespace(__version__="10.13.0.35", float32="f32", float16="f16", int32="i32", int8="i8",
+                                bool="b", Logger=lambda level: None, TensorIOMode=types.SimpleNamespace(INPUT="in", OUTPUT="out"),
+                                Runtime=lambda logger: types.SimpleNamespace(deserialize_cuda_engine=lambda data: engine))
+    trt.Logger.WARNING = 0
+    monkeypatch.setattr(tp, "require_tensorrt", lambda device: (trt, "NVIDIA H100 80GB HBM3", "9.0"))
+    monkeypatch.setattr(tp, "cuda_index", lambda device: 0)
+    path = tmp_path / "student_fp16.engine"
+    path.write_bytes(b"engine")
+    meta().save(path)
+    resources = CpuResources()
+    return tp.TensorRTPredictor(path, resources=resources), resources, execution
+
+
+def test_the_predictor_sets_up_one_stream_and_its_buffers_once_however_many_calls(monkeypatch, tmp_path):
+    predictor, resources, execution = fake_predictor(monkeypatch, tmp_path)
+    for shape in [(1, 3, 64, 64), (2, 3, 48, 48), (8, 3, 128, 128)] * 3:
+        assert predictor.predict(np.ones(shape, np.float32)).shape == (shape[0], 10, *shape[2:])
+    assert resources.asked.count("stream") == 1
+    assert resources.asked.count("device_buffer") == 2 and resources.asked.count("pinned_buffer") == 2
+    assert execution.streams == [7] * 9  # its own stream, never the default one (0)
+
+
+def test_the_predictor_refuses_a_shape_outside_the_profile_naming_it(monkeypatch, tmp_path):
+    predictor, _, execution = fake_predictor(monkeypatch, tmp_path)
+    with pytest.raises(ValueError, match=r"outside the engine's profile \(min \[1, 3, 32, 32\], max \[8, 3, 128, 128\]\)"):
+        predictor.predict(np.ones((16, 3, 64, 64), np.float32))
+    assert execution.streams == []
+    with predictor:
+        pass
+    assert predictor.engine is None and predictor.context is None

@@ -20,10 +20,42 @@ import numpy as np
 from pipeline.tensorrt_engine import EngineMetadata, check_compatible, cuda_index, require_tensorrt, shape_in_profile
 
 
+class CudaResources:
+    """Where a predictor's stream and buffers come from: CUDA through torch (a test passes a CPU double)."""
+
+    def __init__(self, device: Any) -> None:
+        self.device = device
+
+    def current_device(self) -> Any:
+        import torch
+
+        return torch.cuda.device(self.device)
+
+    def stream(self) -> Any:
+        import torch
+
+        return torch.cuda.Stream(self.device)
+
+    def on_stream(self, stream: Any) -> Any:
+        import torch
+
+        return torch.cuda.stream(stream)
+
+    def device_buffer(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        import torch
+
+        return torch.empty(shape, dtype=dtype, device=self.device)
+
+    def pinned_buffer(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        import torch
+
+        return torch.empty(shape, dtype=dtype, pin_memory=True)
+
+
 class TensorRTPredictor:
     backend = "tensorrt"
 
-    def __init__(self, engine_path: str | Path, device: str = "cuda:0") -> None:
+    def __init__(self, engine_path: str | Path, device: str = "cuda:0", resources: CudaResources | None = None) -> None:
         import torch
 
         trt, gpu, capability = require_tensorrt(device)  # BackendUnavailable without TensorRT or CUDA
@@ -34,8 +66,9 @@ class TensorRTPredictor:
         self.device = torch.device("cuda", cuda_index(device))
         self._trt_version = trt.__version__
         self._gpu = gpu
+        self.resources = resources or CudaResources(self.device)
 
-        with torch.cuda.device(self.device):  # TensorRT deserializes onto the current CUDA device
+        with self.resources.current_device():  # TensorRT deserializes onto the current CUDA device
             self._logger = trt.Logger(trt.Logger.WARNING)
             self._runtime = trt.Runtime(self._logger)
             self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
@@ -49,17 +82,17 @@ class TensorRTPredictor:
 
         # Everything a call needs, once: the stream, device buffers at the profile's largest shape and
         # pinned host buffers (so copies are asynchronous). Calls take views of the first elements.
-        self.stream = torch.cuda.Stream(self.device)
+        self.stream = self.resources.stream()
         max_shape = tuple(self.meta.profile["max"])
-        self.context.set_input_shape(self.input_name, max_shape)
-        self._device_buffers = {self.input_name: torch.empty(max_shape, dtype=dtypes[self.input_name],
-                                                             device=self.device)}
+        if not self.context.set_input_shape(self.input_name, max_shape):
+            raise RuntimeError(f"TensorRT refused the profile's own largest shape {max_shape} for {self.path.name}")
+        self._device_buffers = {self.input_name: self.resources.device_buffer(max_shape, dtypes[self.input_name])}
         self._host_outputs = {}
         for name in self.output_names:
             largest = tuple(self.context.get_tensor_shape(name))
-            self._device_buffers[name] = torch.empty(largest, dtype=dtypes[name], device=self.device)
-            self._host_outputs[name] = torch.empty(largest, dtype=dtypes[name], pin_memory=True)
-        self._host_input = torch.empty(max_shape, dtype=torch.float32, pin_memory=True)
+            self._device_buffers[name] = self.resources.device_buffer(largest, dtypes[name])
+            self._host_outputs[name] = self.resources.pinned_buffer(largest, dtypes[name])
+        self._host_input = self.resources.pinned_buffer(max_shape, torch.float32)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         import torch
@@ -73,7 +106,7 @@ class TensorRTPredictor:
         device_in = _view(self._device_buffers[self.input_name], shape)
         if not self.context.set_input_shape(self.input_name, shape):
             raise ValueError(f"TensorRT refused input shape {shape} for {self.path.name}")
-        with torch.cuda.stream(self.stream):
+        with self.resources.on_stream(self.stream):
             device_in.copy_(host_in, non_blocking=True)
             self.context.set_tensor_address(self.input_name, device_in.data_ptr())
             views = {}

@@ -95,7 +95,7 @@ def backend_plan(torch_model: Callable[[], Any], threads: int | None = None,
         Backend("onnxruntime-int8", "onnxruntime", "int8", "int8", ort(("CPUExecutionProvider",))),
         Backend("onnxruntime-fp16", "onnxruntime-cuda", "fp16", "fp16", ort_fp16),
         Backend("onnxruntime-cuda-fp32", "onnxruntime-cuda", "fp32", "fp32", ort((CUDA_EP,))),
-        Backend("onnxruntime-tensorrt-fp32", "onnxruntime-tensorrt", "fp32", "fp32", ort((TRT_EP, CUDA_EP))),
+        Backend("onnxruntime-tensorrt-tf32", "onnxruntime-tensorrt", "tf32", "fp32", ort((TRT_EP, CUDA_EP), "tf32")),
         Backend("tensorrt-fp16", "tensorrt", "fp16", "engine-fp16", tensorrt),
         Backend("tensorrt-int8", "tensorrt", "int8", "engine-int8", tensorrt),
     ]

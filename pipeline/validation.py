@@ -56,6 +56,8 @@ def evaluate_predictor(
 _HINTS = {
     "fp32": "an FP32 back end should match PyTorch almost exactly: suspect the export (try another export.opset) "
             "or TF32 on the GPU; validate.atol / validate.miou_tolerance only if the difference is understood",
+    "tf32": "TF32 rounds FP32 inputs to 10 mantissa bits: widen validate.tf32_atol / tf32_miou_tolerance if the "
+            "difference is of that size, else suspect the export",
     "fp16": "FP16 overflow or precision loss: keep the failing layers in FP32, or widen validate.fp16_miou_tolerance",
     "int8": "try quantize.reduce_range: true (7-bit weights; needed on x86 CPUs without VNNI), more "
             "quantize.calibration_images, sensitive layers in float (quantize.float_nodes), or a wider "
@@ -68,15 +70,16 @@ def verdict(precision: str, metric_label: str, delta: float, tolerance: float,
     """``{"status": "passed"}`` or ``{"status": "validation failed", "reason": ..., "hint": ...}``.
 
     The task metric may drop by at most ``tolerance`` points against PyTorch (one-sided: a gain
-    passes); FP32 back ends must also match the reference logits within ``atol`` (``max_abs_diff``
-    is the worst over every shape checked).
+    passes); FP32 (and TF32) back ends must also match the reference logits within ``atol``
+    (``max_abs_diff`` is the worst over every shape checked).
     """
     broken = []
     if -delta > tolerance:
         broken.append(f"{metric_label} {delta:+.2f} points vs PyTorch, beyond the {precision} tolerance of "
                       f"-{tolerance:g}")
     if atol is not None and max_abs_diff is not None and max_abs_diff > atol:
-        broken.append(f"max abs logit difference {max_abs_diff:.2e} > validate.atol {atol:g}")
+        setting = "validate.tf32_atol" if precision == "tf32" else "validate.atol"
+        broken.append(f"max abs logit difference {max_abs_diff:.2e} > {setting} {atol:g}")
     if not broken:
         return {"status": "passed"}
     return {"status": "validation failed", "reason": "; ".join(broken), "hint": _HINTS.get(precision, "")}

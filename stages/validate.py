@@ -68,7 +68,13 @@ def shape_parity(reference: Predictor, candidate: Predictor, shapes: list[tuple[
 
 def miou_tolerance(config: PipelineConfig, precision: str) -> float:
     v = config.validate_
-    return {"fp32": v.miou_tolerance, "fp16": v.fp16_miou_tolerance, "int8": v.int8_miou_tolerance}[precision]
+    return {"fp32": v.miou_tolerance, "tf32": v.tf32_miou_tolerance, "fp16": v.fp16_miou_tolerance,
+            "int8": v.int8_miou_tolerance}[precision]
+
+
+def parity_atol(config: PipelineConfig, precision: str) -> float | None:
+    """Logit tolerance at every shape for float32-model rows; None: the task metric alone decides."""
+    return {"fp32": config.validate_.atol, "tf32": config.validate_.tf32_atol}.get(precision)
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -102,14 +108,14 @@ def run(ctx: StageContext) -> StageResult:
         entry: dict[str, Any] = {"backend": spec.backend, "precision": spec.precision,
                                  "size_bytes": file_size(opened.file), **summary, f"{metric}_delta": round(delta, 4),
                                  **parity, "runtime": predictor.describe()}
-        worst = None
-        if spec.precision == "fp32":
-            # FP32 must match the reference tensor for tensor, at every shape the dynamic model accepts.
+        worst, atol = None, parity_atol(config, spec.precision)
+        if atol is not None:
+            # The FP32 model must match the reference tensor for tensor, at every shape the dynamic model accepts.
             entry["parity_shapes"] = shape_parity(reference, predictor, parity_shapes(config))
             worst = max([parity["max_abs_diff"], *(p["max_abs_diff"] for p in entry["parity_shapes"])])
             entry["max_abs_diff_all_shapes"] = worst
         entry.update(verdict(spec.precision, task.metric_label, delta, miou_tolerance(config, spec.precision),
-                             worst, config.validate_.atol if worst is not None else None))
+                             worst, atol))
         backends[spec.key] = entry
         print(f"[validate] {spec.key}: max|diff| {parity['max_abs_diff']:.2e}, {task.metric_label} {summary[metric]:.2f} "
               f"({delta:+.3f} vs PyTorch) -> {entry['status']}" + (f": {entry['reason']}" if "reason" in entry else ""))

@@ -40,10 +40,12 @@ def test_the_backend_plan_hands_the_options_to_the_gpu_rows(monkeypatch, tmp_pat
 
     monkeypatch.setattr("pipeline.runtime.OnnxRuntimePredictor", Recording)
     plan = {spec.key: spec for spec in backend_plan(lambda: None, profile=profile_shapes(64, 8), cache_dir=tmp_path)}
-    plan["onnxruntime-tensorrt-fp32"].make(Path("x.onnx"))
+    plan["onnxruntime-tensorrt-tf32"].make(Path("x.onnx"))
+    plan["onnxruntime-cuda-fp32"].make(Path("x.onnx"))
     plan["onnxruntime-fp32"].make(Path("x.onnx"))
-    trt_options, cuda_options = seen[(TRT_EP, CUDA_EP)]
-    assert trt_options["trt_profile_max_shapes"] == "images:8x3x128x128" and cuda_options["use_tf32"] == "0"
+    trt_options, _ = seen[(TRT_EP, CUDA_EP)]
+    assert trt_options["trt_profile_max_shapes"] == "images:8x3x128x128"
+    assert seen[(CUDA_EP,)] == [{"device_id": "0", "use_tf32": "0"}]
     assert seen[("CPUExecutionProvider",)] is None
 
 
@@ -52,3 +54,17 @@ def test_a_predictor_refuses_options_that_do_not_pair_with_its_providers(tmp_pat
 
     with pytest.raises(ValueError, match="one per provider"):
         OnnxRuntimePredictor(tmp_path / "x.onnx", provider_options=[{}, {}])
+
+
+def test_the_tensorrt_provider_row_is_tf32_with_its_own_tolerances():
+    from pipeline.config import load_config
+    from pipeline.validation import verdict
+    from stages.validate import miou_tolerance, parity_atol
+
+    row = {spec.key: spec for spec in backend_plan(lambda: None)}["onnxruntime-tensorrt-tf32"]
+    assert (row.precision, row.artifact) == ("tf32", "fp32")
+    config = load_config(None)
+    assert parity_atol(config, "tf32") == 1e-2 and parity_atol(config, "fp32") == 1e-4
+    assert parity_atol(config, "int8") is None and miou_tolerance(config, "tf32") == 0.1
+    assert verdict("tf32", "mIoU", 0.0, 0.1, max_abs_diff=3e-3, atol=1e-2) == {"status": "passed"}
+    assert "validate.tf32_atol" in verdict("tf32", "mIoU", 0.0, 0.1, max_abs_diff=3e-2, atol=1e-2)["reason"]

@@ -18,7 +18,7 @@ class Predictor(Protocol):
     """Float32 NCHW images in, float32 NCHW logits out, whatever runs underneath."""
 
     backend: str  # "pytorch", "onnxruntime", "tensorrt"
-    precision: str  # "fp32", "fp16", "int8"
+    precision: str  # "fp32", "tf32" (FP32 model that may run in TF32), "fp16", "int8"
     device: str  # "cpu", "cuda", "cuda:0"
 
     def predict(self, images: np.ndarray) -> np.ndarray:

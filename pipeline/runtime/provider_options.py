@@ -9,8 +9,9 @@ check at 1e-4 cannot pass for honest reasons. Here every GPU row gets:
   cache and a timing cache under ``cache_dir``, FP16 only for FP16 rows, and the device id;
 - CUDA provider: the device id and, for FP32 rows, TF32 off (true FP32 for parity).
 
-TensorRT itself may still pick TF32 tactics for the TensorRT provider's FP32 row (ONNX Runtime
-exposes no switch for it); its parity figure says so if it does.
+TensorRT may pick TF32 tactics for FP32 layers and ONNX Runtime's TensorRT provider has no switch
+for it, so that row is a ``tf32`` row with its own tolerances (``validate.tf32_atol``,
+``validate.tf32_miou_tolerance``).
 """
 
 from __future__ import annotations

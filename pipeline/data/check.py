@@ -51,16 +51,18 @@ def check_dataset_files(cfg: DataConfig) -> int:
         return 0  # generated datasets (synthetic) have no files to read; readers of real ones require a root
     splits: dict[str, SegmentationFiles] = {}
     problems: dict[str, list[tuple[Path, str]]] = defaultdict(list)
+    layout_errors = []
     for split in ("train", "val"):
         try:
             dataset = build_dataset(cfg, split, augment=False)
         except DatasetLayoutError as exc:
+            layout_errors.append(exc)
             problems["unusable split"].append((Path(split), str(exc)))
             continue
         if isinstance(dataset, SegmentationFiles):
             splits[split] = dataset
-    if problems and not splits:
-        raise DatasetCheckError(_describe(cfg, problems))
+    if layout_errors and not splits:
+        raise layout_errors[0]  # nothing readable at all (no root, no class list): the layout error says it
     if not splits:
         return 0
     remembered = None if problems else cache_dir() / f"{_scan_key(cfg, splits)}.json"

@@ -230,15 +230,19 @@ def convert_fp16(src: Path, dst: Path, block_op_types: Sequence[str] = ()) -> di
     model = onnx.load(str(src))
     blocked = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(block_op_types))
     half = convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked)
-    # The converter appends the input Casts after their consumers; the checker wants graph order.
-    _sort_topologically(half.graph)
-    props = {p.key: p.value for p in model.metadata_props}
-    props.update(precision="fp16", conversion="onnxruntime.transformers.float16, keep_io_types=True")
-    _replace_metadata(half, props)
-    with atomic_path(dst) as tmp:
-        onnx.save_model(half, str(tmp), save_as_external_data=False)
-        onnx.checker.check_model(str(tmp))
+    _save_converted(half, model, dst, precision="fp16",
+                    conversion="onnxruntime.transformers.float16, keep_io_types=True")
     return {"keep_io_types": True, "op_block_list": list(block_op_types)}
+
+
+def _save_converted(converted: onnx.ModelProto, original: onnx.ModelProto, dst: Path, **props: str) -> None:
+    """Save a float16 conversion of ``original``: graph order restored, metadata kept and updated, checked."""
+    # The converter appends the input Casts after their consumers; the checker wants graph order.
+    _sort_topologically(converted.graph)
+    _replace_metadata(converted, {**{p.key: p.value for p in original.metadata_props}, **props})
+    with atomic_path(dst) as tmp:
+        onnx.save_model(converted, str(tmp), save_as_external_data=False)
+        onnx.checker.check_model(str(tmp))
 
 
 QDQ_FP16_OPSET = 19  # the first opset whose QuantizeLinear / DequantizeLinear take float16 scales
@@ -262,13 +266,8 @@ def qdq_float_parts_to_fp16(path: Path) -> dict[str, Any]:
     if opset < QDQ_FP16_OPSET:
         model = version_converter.convert_version(model, QDQ_FP16_OPSET)
     half = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(DEFAULT_OP_BLOCK_LIST))
-    _sort_topologically(half.graph)
-    props = {p.key: p.value for p in model.metadata_props}
-    props.update(float_precision="fp16", conversion="onnxruntime.transformers.float16 outside Q/DQ, keep_io_types")
-    _replace_metadata(half, props)
-    with atomic_path(path) as tmp:
-        onnx.save_model(half, str(tmp), save_as_external_data=False)
-        onnx.checker.check_model(str(tmp))
+    _save_converted(half, model, path, float_precision="fp16",
+                    conversion="onnxruntime.transformers.float16 outside Q/DQ, keep_io_types")
     return {"float_precision": "fp16", "opset": max(opset, QDQ_FP16_OPSET)}
 
 

@@ -52,6 +52,10 @@ def backends_table(metrics: dict[str, Any]) -> Table:
                   "p50 ms", "p99 ms", "img/s"], rows)
 
 
+_STATUS_HINTS = {"export failed": "the model file could not be produced; the stage log above it says where, and "
+                                  "`--force <stage> --debug` shows the traceback"}
+
+
 def status_notes(metrics: dict[str, Any]) -> list[str]:
     """One line per backend that did not pass: its status, why, and what to do about it."""
     notes = []
@@ -61,7 +65,7 @@ def status_notes(metrics: dict[str, Any]) -> list[str]:
             continue
         if not isinstance(backend, dict) or backend.get("status") in ("passed", "ok", None):
             continue
-        hint = backend.get("hint") or backend.get("install_hint")
+        hint = backend.get("hint") or backend.get("install_hint") or _STATUS_HINTS.get(backend["status"])
         notes.append(f"{name}: {backend['status']}: {backend.get('reason') or 'no reason recorded'}"
                      + (f"; to do: {hint}" if hint else ""))
     return notes

@@ -133,8 +133,9 @@ def test_the_summary_lists_every_backend_that_did_not_pass_with_its_reason_and_h
         "onnxruntime-fp32": {"status": "passed"},
         "onnxruntime-int8": {"status": "validation failed", **verdict("int8", "mIoU", -2.0, 1.0)},
         "tensorrt-fp16": {"status": "skipped", "reason": "TensorRT is not installed", "install_hint": "pip install x"},
+        "tensorrt-int8": {"status": "export failed", "reason": "RuntimeError: parser failed"},
     }}
     notes = status_notes(metrics)
-    assert len(notes) == 2
+    assert len(notes) == 3 and "--debug" in notes[2] and "parser failed" in notes[2]
     assert notes[0].startswith("onnxruntime-int8: validation failed: mIoU -2.00 points") and "to do: try" in notes[0]
     assert notes[1] == "tensorrt-fp16: skipped: TensorRT is not installed; to do: pip install x"

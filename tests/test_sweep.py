@@ -219,8 +219,10 @@ def test_shipped_ablation_files_are_valid():
     assert len(grid.runs) == len(grid.spec.variants)
     warmup = load_sweep(ROOT / "configs" / "ablation_tat_warmup.yaml")
     ramps = {run.variant: run.config.distill.warmup_steps for run in warmup.runs}
+    student = warmup.runs[0].config.student.train
+    all_steps = student.epochs * (warmup.runs[0].config.data.train_size // student.batch_size)
     assert ramps == {"baseline": 0, "kd": 0, "patch_anchor": 0, "patch_anchor_warmup": 160, "patch_anchor_w1_warmup": 160,
-                     "patch_anchor_w05_warmup": 160, "patch_anchor_w1_ramp_all": 960}
+                     "patch_anchor_w05_warmup": 160, "patch_anchor_w1_ramp_all": all_steps}
     official = load_sweep(ROOT / "configs" / "ablation_tat_official.yaml")
     quirks = {run.variant: (run.config.distill.methods[0].options.get("per_image", False), run.config.distill.teacher_mode)
               for run in official.runs}

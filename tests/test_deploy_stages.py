@@ -105,6 +105,17 @@ def test_int8_model_is_calibrated_validated_and_timed(metrics):
     assert int8["latency_ms"]["p50"] > 0
 
 
+def test_tensorrt_builds_its_int8_engine_from_an_int8_plus_fp16_model(run_dir, metrics):
+    twin = metrics["quantize"]["int8_tensorrt"]
+    assert twin["status"] == "ok" and twin["float_precision"] == "fp16" and twin["activation_type"] == "qint8"
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(run_dir / twin["path"])))
+    producer = {out: node.op_type for node in model.graph.node for out in node.output}
+    assert all(producer[node.input[0]] == "DequantizeLinear" for node in model.graph.node if node.op_type == "Conv")
+    inner = {v.type.tensor_type.elem_type for v in model.graph.value_info} & {onnx.TensorProto.FLOAT,
+                                                                              onnx.TensorProto.FLOAT16}
+    assert inner == {onnx.TensorProto.FLOAT16}
+
+
 def test_without_a_gpu_fp16_and_tensorrt_are_skipped_with_the_fix_never_passed(metrics):
     if installed_tensorrt_version() is None:
         for precision in ("fp16", "int8"):

@@ -18,10 +18,13 @@ import re
 import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.artifacts import atomic_path, atomic_write_bytes, atomic_write_json, sha256_file
 from pipeline.runtime.base import BackendUnavailable
+
+if TYPE_CHECKING:
+    from pipeline.config import PipelineConfig
 
 TENSORRT_INSTALL_HINT = ("pip install tensorrt  (needs an NVIDIA GPU, its driver and CUDA 12/13; "
                          "see https://docs.nvidia.com/deeplearning/tensorrt/latest/installing-tensorrt/installing.html)")
@@ -96,6 +99,14 @@ def profile_shapes(
     if not all(a <= b <= c for a, b, c in zip(shapes["min"], shapes["opt"], shapes["max"])):
         raise ValueError(f"engine profile must satisfy min <= opt <= max in every dim, got {shapes}")
     return shapes
+
+
+def engine_profile(config: PipelineConfig) -> dict[str, list[int]]:
+    """The profile of a run's config (``engine.*``, ``data.image_size``): what its engines and ONNX
+    Runtime's TensorRT provider optimise for."""
+    engine = config.engine
+    return profile_shapes(config.data.image_size, engine.max_batch, min_shape=engine.min_shape,
+                          opt_shape=engine.opt_shape, max_shape=engine.max_shape)
 
 
 def shape_in_profile(shape: tuple[int, ...], profile: dict[str, list[int]]) -> bool:

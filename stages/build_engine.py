@@ -13,7 +13,7 @@ from typing import Any
 
 from pipeline.runtime.base import BackendUnavailable
 from pipeline.stage import Stage, StageContext, StageResult
-from pipeline.tensorrt_engine import build_engine, profile_shapes, require_tensorrt
+from pipeline.tensorrt_engine import build_engine, engine_profile, require_tensorrt
 from stages.quantize import quantized_artifact
 
 # Which quantize output each engine precision is built from (strongly typed: precision is in the ONNX;
@@ -24,8 +24,7 @@ SOURCES = {"fp16": "fp16", "int8": "int8_tensorrt"}
 def run(ctx: StageContext) -> StageResult:
     config = ctx.config
     engine_cfg = config.engine
-    profile = profile_shapes(config.data.image_size, engine_cfg.max_batch, min_shape=engine_cfg.min_shape,
-                             opt_shape=engine_cfg.opt_shape, max_shape=engine_cfg.max_shape)
+    profile = engine_profile(config)
     engines: dict[str, Any] = {}
     outputs: dict[str, str] = {}
     try:

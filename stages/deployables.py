@@ -17,12 +17,10 @@ from stages.quantize import quantized_artifact
 
 def gpu_provider_settings(config: PipelineConfig) -> dict[str, Any]:
     """What ONNX Runtime's GPU providers are configured with: the engine profile and a cache folder."""
-    from pipeline.tensorrt_engine import DEFAULT_CACHE_DIR, profile_shapes
+    from pipeline.tensorrt_engine import DEFAULT_CACHE_DIR, engine_profile
 
-    engine = config.engine
-    profile = profile_shapes(config.data.image_size, engine.max_batch, min_shape=engine.min_shape,
-                             opt_shape=engine.opt_shape, max_shape=engine.max_shape)
-    return {"profile": profile, "cache_dir": Path(engine.cache_dir or DEFAULT_CACHE_DIR).expanduser() / "onnxruntime"}
+    cache = Path(config.engine.cache_dir or DEFAULT_CACHE_DIR).expanduser() / "onnxruntime"
+    return {"profile": engine_profile(config), "cache_dir": cache}
 
 
 def student_factory(ctx: StageContext) -> Callable[[], nn.Module]:

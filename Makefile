@@ -5,8 +5,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= configs/default.yaml
 ARGS   ?=
-# Two workers, one per core (each test's torch work is mostly single-threaded); PYTEST_ARGS= for one.
-PYTEST_ARGS ?= -n 2
+# Two workers, one per core (each test's torch work is mostly single-threaded), a test file per worker
+# (some files' tests build on each other in order); PYTEST_ARGS= for one process.
+PYTEST_ARGS ?= -n 2 --dist loadfile
 
 .PHONY: install run test status clean-run browser baseline gpu-check gpu-wheels
 

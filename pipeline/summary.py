@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.tables import Table, markdown_table  # noqa: F401 - markdown_table re-exported
+from pipeline.tables import Table
 
 # metrics-contract v1 keys that mirror a <backend>-<precision> entry (see pipeline/backends.py).
 LEGACY_BACKEND_ALIASES = {"pytorch": "pytorch-fp32", "onnxruntime": "onnxruntime-fp32"}
@@ -37,13 +37,17 @@ def models_table(metrics: dict[str, Any]) -> Table:
     return Table(["model", "params", metric_column, second_column, "last-quarter change", "s/step"], rows)
 
 
+def canonical_backends(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The run's backend entries, without the legacy aliases that repeat a <backend>-<precision> entry."""
+    backends = metrics.get("backends", {})
+    return {name: entry for name, entry in backends.items()
+            if not (name in LEGACY_BACKEND_ALIASES and LEGACY_BACKEND_ALIASES[name] in backends)}
+
+
 def backends_table(metrics: dict[str, Any]) -> Table:
     metric, metric_column, _, _ = task_columns(metrics)
     rows = []
-    backends = metrics.get("backends", {})
-    for name, backend in backends.items():
-        if name in LEGACY_BACKEND_ALIASES and LEGACY_BACKEND_ALIASES[name] in backends:
-            continue  # the same entry is shown under its <backend>-<precision> key
+    for name, backend in canonical_backends(metrics).items():
         latency = backend.get("latency_ms", {})
         rows.append([name, backend.get("status"), backend.get("precision"), backend.get(metric),
                      backend.get(f"{metric}_delta"), backend.get("max_abs_diff"), latency.get("p50"),
@@ -59,10 +63,7 @@ _STATUS_HINTS = {"export failed": "the model file could not be produced; the sta
 def status_notes(metrics: dict[str, Any]) -> list[str]:
     """One line per backend that did not pass: its status, why, and what to do about it."""
     notes = []
-    backends = metrics.get("backends", {})
-    for name, backend in backends.items():
-        if name in LEGACY_BACKEND_ALIASES and LEGACY_BACKEND_ALIASES[name] in backends:
-            continue
+    for name, backend in canonical_backends(metrics).items():
         if not isinstance(backend, dict) or backend.get("status") in ("passed", "ok", None):
             continue
         hint = backend.get("hint") or backend.get("install_hint") or _STATUS_HINTS.get(backend["status"])

@@ -50,7 +50,7 @@ from pipeline.config import (
 )
 from pipeline.runner import PipelineError
 from pipeline.stage import StageRecord
-from pipeline.summary import markdown_table
+from pipeline.tables import markdown_table
 
 TEACHER_STAGE = "train_teacher"
 STUDENT_STAGE = "distill_student"

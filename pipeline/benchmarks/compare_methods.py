@@ -24,7 +24,7 @@ from typing import Any
 from pipeline.artifacts import atomic_write_json, atomic_write_text, read_json
 from pipeline.config import ConfigError, load_config
 from pipeline.runner import METRICS_NAME, PipelineError, Runner
-from pipeline.summary import markdown_table
+from pipeline.tables import markdown_table
 
 UNTIL = "benchmark"
 

@@ -124,7 +124,7 @@ class TensorRTPredictor:
     def close(self) -> None:
         """Release the execution context, engine and buffers (the stream goes with the last reference)."""
         self.context = self.engine = None
-        self._device_buffers, self._host_outputs = {}, {}
+        self._device_buffers, self._host_outputs, self._host_input = {}, {}, None
 
     def __enter__(self) -> "TensorRTPredictor":
         return self

@@ -208,6 +208,31 @@ def test_unused_teacher_weights_are_not_in_the_file(tmp_path: Path) -> None:
     assert not any("teacher" in name for name in names)
 
 
+class Relu6Net(nn.Module):
+    """MobileNetV2's activations: ReLU6 (a Hardtanh) and a Hardtanh with other bounds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.act = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU6(inplace=True),
+                                 nn.Conv2d(8, NUM_CLASSES, 1), nn.Hardtanh(-0.5, 0.25))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x * 8.0)
+
+
+def test_hardtanh_exports_as_clip_with_the_same_values_and_the_callers_model_keeps_its_modules(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = Relu6Net().eval()
+    path = export_onnx(net, tmp_path / "relu6.onnx", example_shape=(2, 3, 16, 16), opset=18, dynamic=True,
+                       argmax=False, metadata={})
+    assert [node.op_type for node in onnx.load(str(path)).graph.node].count("Clip") == 2
+    x = torch.randn(3, 3, 20, 12)
+    with torch.no_grad():
+        expected = net(x).numpy()
+    np.testing.assert_allclose(run_ort(path, x.numpy())[0], expected, atol=1e-5)  # convolutions round differently
+    assert isinstance(net.act[1], nn.ReLU6) and isinstance(net.act[3], nn.Hardtanh)
+
+
 def test_simplify_keeps_metadata_dynamic_dims_and_outputs(dynamic_file: Path, tmp_path: Path) -> None:
     slim = simplify_onnx(dynamic_file, tmp_path / "slim.onnx")
     meta = read_metadata(slim)

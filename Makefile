@@ -6,8 +6,9 @@ STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= configs/default.yaml
 ARGS   ?=
 # Two workers, one per core (each test's torch work is mostly single-threaded), a test file per worker
-# (some files' tests build on each other in order); PYTEST_ARGS= for one process.
-PYTEST_ARGS ?= -n 2 --dist loadfile
+# (some files' tests build on each other in order), in the order tests/conftest.py gives them;
+# PYTEST_ARGS= for one process.
+PYTEST_ARGS ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 .PHONY: install run test status clean-run browser baseline gpu-check gpu-wheels
 

@@ -20,6 +20,28 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)  # one worker per core: no oversubscription
 
 
+# make test hands whole files to two workers in collection order (--dist loadfile --no-loadscope-reorder).
+# test_ci_gate starts first and builds the shared smoke run while the other worker takes the slow
+# files that need no smoke run, longest first; the files that build on the shared run are handed out
+# once it is about done, and a file that only reads it comes last: no worker waits on its lock, and
+# the last minutes are not one long file. Durations from `pytest --durations=60` on a 2-core machine (docs/BENCHMARKS.md).
+RUN_FIRST = ("test_ci_gate.py", "test_gpu_check.py", "test_training.py", "test_compare_methods.py",
+             "test_classification_end_to_end.py", "test_ci_gate_held_out_kernels.py", "test_end_to_end.py",
+             "test_methods_end_to_end.py", "test_models.py", "test_deploy_stages.py", "test_distributed.py",
+             "test_sweep.py")
+RUN_LAST = ("test_report_html.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        name = item.path.name
+        if name in RUN_FIRST:
+            return 0, RUN_FIRST.index(name)
+        return (2, 0) if name in RUN_LAST else (1, 0)
+
+    items.sort(key=rank)  # stable: tests keep their order inside a file
+
+
 @pytest.fixture(scope="session")
 def smoke_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The smoke config run once, end to end. Read it; never modify it (use ``smoke_copy``)."""

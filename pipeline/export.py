@@ -36,7 +36,7 @@ RESERVED_KEYS = ("exporter", "opset", "torch_version", "onnx_version", "dynamic"
 class _Clamp(nn.Module):
     """``nn.Hardtanh`` (so ``nn.ReLU6``) as ``torch.clamp``: the same values and the same ONNX Clip node,
     but torch.export lowers hardtanh through clamp's Python reference with symbolic shapes, which made
-    up a third of a dynamic MobileNetV2 export's time (docs/BENCHMARKS.md, "make test")."""
+    up a third of a dynamic MobileNetV2 export's time (docs/BENCHMARKS.md, first section)."""
 
     def __init__(self, low: float, high: float) -> None:
         super().__init__()

@@ -24,7 +24,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # test_ci_gate starts first and builds the shared smoke run while the other worker takes the slow
 # files that need no smoke run, longest first; the files that build on the shared run are handed out
 # once it is about done, and a file that only reads it comes last: no worker waits on its lock, and
-# the last minutes are not one long file. Durations from `pytest --durations=60` on a 2-core machine (docs/BENCHMARKS.md).
+# the last minutes are not one long file. The order follows `pytest --durations=60` on a 2-core
+# machine (docs/BENCHMARKS.md, "make test").
 RUN_FIRST = ("test_ci_gate.py", "test_gpu_check.py", "test_training.py", "test_compare_methods.py",
              "test_classification_end_to_end.py", "test_ci_gate_held_out_kernels.py", "test_end_to_end.py",
              "test_methods_end_to_end.py", "test_models.py", "test_deploy_stages.py", "test_distributed.py",

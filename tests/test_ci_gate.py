@@ -61,7 +61,8 @@ def test_rerunning_training_gives_identical_weights_and_metrics(smoke_reference,
     # On one machine a re-run is bit-identical, so any movement is a real change. The distilled
     # student's training is the plain student's loop plus the teacher and the losses: re-running it
     # covers both (test_training.py re-runs the plain loop from a checkpoint).
-    assert main(["run", SMOKE, "--out", str(smoke_copy), "--force", "distill_student", "--until", "distill_student"]) == 0
+    assert main(["run", SMOKE, "--out", str(smoke_copy), "--force", "distill_student",
+                 "--until", "distill_student"]) == 0
     again, first = metrics(smoke_copy), metrics(smoke_reference)
     assert again["stages"]["distill_student"]["status"] == "ran"
     for key in ("miou", "val_loss", "per_class_iou", "pixel_accuracy"):

@@ -22,7 +22,7 @@ BASELINE = str(ROOT / "tests" / "baselines" / "smoke.json")
 
 def test_the_smoke_run_on_a_held_out_kernel_set_passes_the_committed_baseline(tmp_path, smoke_reference):
     out = tmp_path / "avx2"
-    shutil.copytree(smoke_reference / "train_teacher", out / "train_teacher")
+    shutil.copytree(smoke_reference / "train_teacher", out / "train_teacher", copy_function=os.link)
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
     done = subprocess.run([sys.executable, "-m", "pipeline", "run", SMOKE, "--out", str(out)], env=env, cwd=ROOT,
                           capture_output=True, text=True)

@@ -1,12 +1,14 @@
 """The project's own CI gate: the smoke run must pass the committed baseline on any machine type (a
-different CPU or kernel set is a warning; the baseline's trained-number tolerances were measured
-across kernel sets and thread counts), and deliberately degraded runs (a student trained for one
-step; INT8 calibrated on wrongly scaled images) must fail it by at least three times its tolerance,
-with a message that names the metric that regressed."""
+different CPU or kernel set is a warning; `make baseline` measured the trained numbers' tolerances
+across kernel sets and thread counts, then tested them on a kernel set none of those runs used), and
+deliberately degraded runs (a student trained for one step; INT8 calibrated on wrongly scaled
+images) must fail it by at least three times its tolerance, with a message that names the metric
+that regressed."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,31 @@ def test_the_baselines_trained_number_tolerances_were_measured_across_kernel_set
     assert len(written["source"]["spread_runs"]) >= 3
     for metric in ("teacher.miou", "student_baseline.miou", "student.miou", "backends.onnxruntime-int8.miou"):
         assert "largest deviation over" in check(metric).note, metric
+
+
+def pipeline_commands(make_target: str) -> list[str]:
+    """The pipeline commands ``make -n TARGET`` would run, continuation lines joined."""
+    done = subprocess.run(["make", "-n", "--no-print-directory", make_target], cwd=ROOT, capture_output=True,
+                          text=True, check=True)
+    return [line for line in done.stdout.replace("\\\n", " ").splitlines() if "-m pipeline" in line]
+
+
+def environment_of(command: str) -> set[str]:
+    return {word for word in command.split("-m pipeline")[0].split() if "=" in word}
+
+
+def test_make_baseline_tests_the_tolerances_it_derives_on_a_kernel_set_no_spread_run_used():
+    commands = pipeline_commands("baseline")
+    write = next(i for i, command in enumerate(commands) if "--write-baseline" in command)
+    runs = [command for command in commands[:write] if " run configs/smoke.yaml" in command]
+    assert len(runs) == 5 and commands[write].count("--spread-run") == 4  # the reference and 4 spread runs
+    held_out_run, held_out_gate = commands[write + 1:write + 3]
+    assert " run configs/smoke.yaml --out exported/smoke-spread/held-out" in held_out_run
+    # The run's kernels are chosen on the machine: torch's AVX2 alone (AVX-512) or oneDNN at AVX (AVX2).
+    for kernels in ("ATEN_CPU_CAPABILITY=avx2", "ONEDNN_MAX_CPU_ISA=AVX"):
+        assert f"'{kernels}'" in held_out_run and {kernels} not in [environment_of(run) for run in runs]
+    assert "gate exported/smoke-spread/held-out --baseline tests/baselines/smoke.json" in held_out_gate
+    assert "--write-baseline" not in held_out_gate
 
 
 def test_rerunning_training_gives_identical_weights_and_metrics(smoke_reference, smoke_copy):

@@ -41,7 +41,7 @@ def test_the_comparison_sweep_covers_every_method_with_valid_settings_and_five_s
 @pytest.mark.slow
 def test_compare_command_adds_exported_params_and_latency_to_the_sweep_figures(tmp_path):
     fast = ["run.threads=1", "baseline.enabled=false", "teacher.train.epochs=1", "student.train.epochs=1",
-            "student.train.max_steps_per_epoch=1", "data.val_size=4", "validate.parity_images=2",
+            "student.train.max_steps_per_epoch=1", "data.train_size=32", "data.val_size=4", "validate.parity_images=2",
             "benchmark.min_iters=2", "benchmark.warmup=0", "benchmark.min_seconds=0",
             "export.dynamic=false", "validate.batch_size=2", "benchmark.batch_size=2"]  # static export: 4x cheaper
     sweep = tmp_path / "sweep"

@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 # Smallest run that still crosses every stage up to validation; the teacher's slice is shared.
 FAST = ["run.threads=1", "baseline.enabled=false", "teacher.train.epochs=1", "student.train.epochs=1",
-        "student.train.max_steps_per_epoch=2", "data.val_size=4", "validate.parity_images=2", "validate.batch_size=2",
-        "quantize.int8=false", "quantize.fp16=false"]
+        "student.train.max_steps_per_epoch=2", "data.train_size=32", "data.val_size=4", "validate.parity_images=2",
+        "validate.batch_size=2", "quantize.int8=false", "quantize.fp16=false"]
 
 
 @pytest.fixture(scope="module")

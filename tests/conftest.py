@@ -27,9 +27,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # the last minutes are not one long file. The order follows `pytest --durations=60` on a 2-core
 # machine (docs/BENCHMARKS.md, "make test").
 RUN_FIRST = ("test_ci_gate.py", "test_gpu_check.py", "test_training.py", "test_compare_methods.py",
-             "test_classification_end_to_end.py", "test_end_to_end.py",
-             "test_methods_end_to_end.py", "test_models.py", "test_deploy_stages.py", "test_distributed.py",
-             "test_sweep.py")
+             "test_classification_end_to_end.py", "test_models.py", "test_end_to_end.py",
+             "test_methods_end_to_end.py", "test_deploy_stages.py", "test_distributed.py", "test_sweep.py")
 RUN_LAST = ("test_report_html.py",)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import json
 from pathlib import Path
 
@@ -231,6 +233,34 @@ def test_hardtanh_exports_as_clip_with_the_same_values_and_the_callers_model_kee
         expected = net(x).numpy()
     np.testing.assert_allclose(run_ort(path, x.numpy())[0], expected, atol=1e-5)  # convolutions round differently
     assert isinstance(net.act[1], nn.ReLU6) and isinstance(net.act[3], nn.Hardtanh)
+
+
+def test_batch_norms_are_folded_into_their_convs_before_export_to_the_same_file_values(tmp_path, monkeypatch):
+    from pipeline.config import ModelConfig
+    from pipeline.models import build_segmentation_model
+
+    torch.manual_seed(0)
+    model = build_segmentation_model(ModelConfig(backbone="resnet18", aspp_channels=8, decoder_channels=8,
+                                                 low_level_channels=4), 3).eval()
+    batch_norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for bn in batch_norms:  # statistics that are not the identity
+        bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2.0), bn.weight.data.uniform_(0.5, 1.5)
+    folded = export_onnx(model, tmp_path / "folded.onnx", example_shape=(2, 3, 32, 32), opset=18, dynamic=True,
+                         argmax=False, metadata={})
+    fold_batchnorm = export_mod._fold_batchnorm
+    monkeypatch.setattr(export_mod, "_fold_batchnorm", lambda module: None)
+    unfolded = export_onnx(model, tmp_path / "unfolded.onnx", example_shape=(2, 3, 32, 32), opset=18, dynamic=True,
+                           argmax=False, metadata={})
+    op_types = [[node.op_type for node in onnx.load(str(path)).graph.node] for path in (folded, unfolded)]
+    assert op_types[0] == op_types[1] and "BatchNormalization" not in op_types[0]
+    x = np.random.default_rng(0).standard_normal((2, 3, 40, 24), dtype=np.float32)
+    np.testing.assert_allclose(run_ort(folded, x)[0], run_ort(unfolded, x)[0], atol=1e-5, rtol=0)
+    with torch.no_grad():
+        np.testing.assert_allclose(run_ort(folded, x)[0], model(torch.from_numpy(x)).numpy(), atol=1e-4, rtol=0)
+    assert [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)] == batch_norms  # the caller's model keeps them
+    exported_copy = copy.deepcopy(model)
+    fold_batchnorm(exported_copy)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in exported_copy.modules())
 
 
 def test_simplify_keeps_metadata_dynamic_dims_and_outputs(dynamic_file: Path, tmp_path: Path) -> None:

@@ -75,7 +75,7 @@ def test_a_killed_pipeline_resumes_training_from_the_last_epoch(tmp_path):
     """SIGKILL mid-training (no clean-up possible), then the same command picks up the checkpoint."""
     out = tmp_path / "run"
     command = [sys.executable, "-m", "pipeline", "run", "configs/smoke.yaml", "--out", str(out),
-               "--until", "train_teacher", "teacher.train.epochs=4", "data.train_size=64"]
+               "--until", "train_teacher", "teacher.train.epochs=3", "data.train_size=64"]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     checkpoint = out / "train_teacher" / "checkpoint.pt"

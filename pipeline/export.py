@@ -67,7 +67,7 @@ def _fold_batchnorm(module: nn.Module) -> None:
 
     The ONNX file is the same (the exporter's optimizer folds them into the convs anyway, to the same
     values) but torch.export no longer traces the batch norms under symbolic shapes: a dynamic
-    export of the MobileNetV2 student takes about a third less time (docs/BENCHMARKS.md, `make test`).
+    export of the MobileNetV2 student takes about a third less time (docs/BENCHMARKS.md, "Export").
     Pairs are adjacent children of an ``nn.Sequential`` and the ``conv{i}``/``bn{i}`` attributes of
     :data:`_CONV_BN_ATTRIBUTES`; any other batch norm is left as it is.
     """

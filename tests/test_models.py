@@ -345,7 +345,7 @@ def test_mobilenet_v2_deeplabv3plus_exports_to_onnx_with_dynamic_batch_and_size(
         ModelConfig(backbone="mobilenet_v2", arch="deeplabv3plus", aspp_channels=16, decoder_channels=16), NUM_CLASSES
     ).eval()
     _randomise_batchnorm(model)
-    # The product's exporter (it lowers ReLU6 as a plain clamp, which torch.export traces faster).
+    # The product's exporter: ReLU6 as a plain clamp and batch norms folded first, which torch.export traces faster.
     path = export_onnx(model, tmp_path / "model.onnx", example_shape=(2, 3, 64, 64), opset=18, dynamic=True,
                        argmax=False, metadata={})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # single file, no .data

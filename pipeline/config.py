@@ -78,6 +78,9 @@ class DataConfig(StrictModel):
     train_size: int = Field(2000, ge=1, description="synthetic dataset: images in the train split")
     val_size: int = Field(300, ge=1, description="synthetic dataset: images in the val split")
     seed: int = Field(0, description="synthetic dataset: generator seed (independent of run.seed)")
+    shape_rotation: float = Field(180.0, ge=0, le=180, description="synthetic datasets: squares and triangles turn "
+                                  "by at most this many degrees from their base orientation (180 = any; 0 = one "
+                                  "orientation per shape, learnt in far fewer images)")
     augment: AugmentConfig = AugmentConfig()
     workers: int = Field(0, ge=0)
 

@@ -113,6 +113,48 @@ def test_classes_cross_textures_and_shapes():
     assert len(set(map(tuple, pairs))) == len(pairs) == 9 and all(pairs_t.count(t) == 3 for t in pairs_t)
 
 
+def test_any_orientation_by_default_renders_generator_v2_samples_byte_for_byte():
+    # Digest of the first 20 train samples (64 px, seed 0) as generator version 2 rendered them,
+    # before shape_rotation existed: the default must not move a committed baseline's data.
+    digest = hashlib.sha256()
+    for i in range(20):
+        image, mask = render_sample(0, "train", i, 64)
+        digest.update(image.tobytes() + mask.tobytes())
+    assert digest.hexdigest() == "db562605e0d2751900fd8ac1727c76ee34dfb504e2a32233355d36e651b2978b"
+
+
+def _lone_square_fill_ratios(max_rotation: float) -> list[float]:
+    """How much of its bounding box the square class fills in images holding only that class, away
+    from the border (1.0 = one axis-aligned square; two overlapping squares of a class fill less)."""
+    ratios = []
+    square_ids = [k for k, name in enumerate(CLASS_NAMES) if name.endswith("square")]
+    for i in range(150):
+        _, mask = render_sample(0, "train", i, SIZE, max_rotation=max_rotation)
+        present = set(np.unique(mask)) - {0}
+        if len(present) != 1 or present.pop() not in square_ids:
+            continue
+        ys, xs = np.nonzero(mask)
+        if ys.min() == 0 or xs.min() == 0 or ys.max() == SIZE - 1 or xs.max() == SIZE - 1:
+            continue  # cut by the image border
+        box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+        ratios.append(len(ys) / box)
+    return ratios
+
+
+def test_shape_rotation_zero_keeps_every_square_axis_aligned():
+    upright, turned = np.array(_lone_square_fill_ratios(0)), np.array(_lone_square_fill_ratios(180))
+    assert len(upright) >= 10 and len(turned) >= 10
+    assert (upright == 1.0).mean() >= 0.8
+    assert (turned == 1.0).mean() <= 0.2  # a square turned by up to 45 degrees fills down to half its box
+
+
+def test_shape_rotation_outside_zero_to_180_degrees_is_refused():
+    with pytest.raises(ValueError, match="between 0 and 180"):
+        render_sample(0, "train", 0, SIZE, max_rotation=270)
+    with pytest.raises(ValueError, match="between 0 and 180"):
+        SyntheticSegmentation("val", 4, SIZE, seed=0, max_rotation=-1)
+
+
 def test_dataset_items_dtypes_and_normalisation():
     ds = SyntheticSegmentation("val", 4, SIZE, seed=0)
     x, y = ds[1]

@@ -42,7 +42,7 @@ def _synthetic_build(cfg: DataConfig, split: str, augment: bool) -> Dataset:
 
     size = {"train": cfg.train_size, "val": cfg.val_size}[split]
     transform = train_transform(cfg.augment, cfg.image_size) if augment else eval_transform()
-    return SyntheticSegmentation(split, size, cfg.image_size, cfg.seed, transform)
+    return SyntheticSegmentation(split, size, cfg.image_size, cfg.seed, transform, max_rotation=cfg.shape_rotation)
 
 
 def _synthetic_identity(cfg: DataConfig) -> dict[str, Any]:
@@ -55,6 +55,7 @@ def _synthetic_identity(cfg: DataConfig) -> dict[str, Any]:
         "image_size": cfg.image_size,
         "train_size": cfg.train_size,
         "val_size": cfg.val_size,
+        "shape_rotation": cfg.shape_rotation,
     }
 
 
@@ -124,14 +125,16 @@ def _synthetic_classification_build(cfg: DataConfig, split: str, augment: bool) 
     size = {"train": cfg.train_size, "val": cfg.val_size}[split]
     transform = (classification_train_transform(cfg.augment, cfg.image_size, "fixed") if augment
                  else classification_eval_transform(cfg.image_size, "fixed"))
-    return SyntheticClassification(split, size, cfg.image_size, cfg.seed, transform)
+    return SyntheticClassification(split, size, cfg.image_size, cfg.seed, transform,
+                                   max_rotation=cfg.shape_rotation)
 
 
 def _synthetic_classification_identity(cfg: DataConfig) -> dict[str, Any]:
     from pipeline.data import synthetic_classification as sc
 
     return {"generator_version": sc.GENERATOR_VERSION, "classes": list(sc.CLASS_NAMES), "seed": cfg.seed,
-            "image_size": cfg.image_size, "train_size": cfg.train_size, "val_size": cfg.val_size}
+            "image_size": cfg.image_size, "train_size": cfg.train_size, "val_size": cfg.val_size,
+            "shape_rotation": cfg.shape_rotation}
 
 
 def _cifar100_build(cfg: DataConfig, split: str, augment: bool) -> Dataset:

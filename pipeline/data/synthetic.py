@@ -7,12 +7,18 @@ Each image holds 1 to 3 large objects (side 28% to 70% of the image; the fewer o
 larger) on a smooth, muted background, placed apart from each other where they fit (some
 overlap remains). The 9 object classes cross three coarse, high-contrast textures (stripes of
 period 7-10 px at 64 px, dots 9-12 px apart, a checkerboard of 5-6 px cells; a dark and a light
-colour of random hues, random orientation and phase) with three shapes (disc, square, triangle;
-random rotation). The texture is a local cue a small patch shows; the shape is not: a pixel
+colour of random hues, random orientation and phase) with three shapes (disc, square, triangle). The texture is a
+local cue a small patch shows; the shape is not: a pixel
 inside a striped disc looks exactly like one inside a striped square or triangle, and only the
 object's outline, up to half the image away, tells them apart. So a small network that learns
 the textures quickly still needs a large receptive field and capacity to get the shapes right;
 that is the gap a teacher can close for a student.
+
+Squares and triangles turn by a uniform random angle of at most ``max_rotation`` degrees from their
+base orientation (squares axis-aligned, triangles pointing right). At 180, any orientation, the
+samples are generator version 2's exactly; at 0 every square and triangle has one orientation, and
+a ResNet18 learns the shapes in a few thousand images instead of about sixteen thousand (the
+default pipeline's regime, docs/BENCHMARKS.md).
 
 There is no clutter; a random illumination gain and per-channel gaussian noise (sigma 2-6) make
 the pixels less clean. Every pixel is labelled (no ignore pixels in the raw samples; augmentation
@@ -25,7 +31,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from pipeline.data.rendered import SPLITS, RenderedDataset
+from pipeline.data.rendered import SPLITS, RenderedDataset, check_max_rotation
 
 # Bump whenever the rendering changes: it is part of the dataset fingerprint.
 GENERATOR_VERSION = 2
@@ -193,17 +199,22 @@ def _reach(cls: int, half: float) -> float:
 _TEXTURE_OF = {"striped": _STRIPES, "dotted": _DOTS, "checkered": _CHECKER}
 
 
-def _draw_object(cv: _Canvas, cls: int, cy: float, cx: float, half: float) -> None:
+def _draw_object(cv: _Canvas, cls: int, cy: float, cx: float, half: float, max_rotation: float = 180.0) -> None:
     rng, n = cv.rng, cv.n
     texture, shape = CLASS_NAMES[cls].split("_")
     fill = _texture(_TEXTURE_OF[texture], rng, n)
+    # The same draws at every max_rotation, scaled towards the base orientation: at 180 (any
+    # orientation) they are generator v2's angles exactly.
     if shape == "disc":
         cv.paint(cy, cx, half + 1, _disc(half), fill, cls)
     elif shape == "triangle":
         radius = half * 1.45
-        cv.paint(cy, cx, radius + 1, _triangle(radius, rng.uniform(0, _TAU)), fill, cls)
+        turn = rng.uniform(0, _TAU)
+        angle = turn if max_rotation >= 180 else np.pi + (turn - np.pi) * max_rotation / 180
+        cv.paint(cy, cx, radius + 1, _triangle(radius, angle), fill, cls)
     else:
-        cv.paint(cy, cx, half * 1.42 + 1, _square(half, rng.uniform(-np.pi / 4, np.pi / 4)), fill, cls)
+        angle = rng.uniform(-np.pi / 4, np.pi / 4) * min(1.0, max_rotation / 45)
+        cv.paint(cy, cx, half * 1.42 + 1, _square(half, angle), fill, cls)
 
 
 def _place(rng, n: int, reaches: list[float]) -> list[tuple[float, float]]:
@@ -223,10 +234,12 @@ def _place(rng, n: int, reaches: list[float]) -> list[tuple[float, float]]:
     return centres
 
 
-def render_sample(seed: int, split: str, index: int, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+def render_sample(seed: int, split: str, index: int, image_size: int,
+                  max_rotation: float = 180.0) -> tuple[np.ndarray, np.ndarray]:
     """Render one sample: (uint8 HxWx3 image, uint8 HxW class ids). Pure function of its arguments."""
     if image_size < 16:
         raise ValueError(f"image_size must be >= 16, got {image_size}")
+    check_max_rotation(max_rotation)
     rng = _key(seed, split, index)
     n = image_size
     cv = _Canvas(n, rng)
@@ -235,7 +248,7 @@ def render_sample(seed: int, split: str, index: int, image_size: int) -> tuple[n
     halves = [n * rng.uniform(*_SIDES[n_objects]) / 2 for _ in classes]
     reaches = [_reach(c, h) for c, h in zip(classes, halves)]
     for cls, half, (cy, cx) in zip(classes, halves, _place(rng, n, reaches)):
-        _draw_object(cv, cls, cy, cx, half)
+        _draw_object(cv, cls, cy, cx, half, max_rotation)
     return finish_image(cv.image, rng, image_size), cv.label
 
 
@@ -265,7 +278,7 @@ class SyntheticSegmentation(RenderedDataset[tuple[np.ndarray, np.ndarray]]):
     classes = CLASS_NAMES
 
     def render(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        return render_sample(self.seed, self.split, index, self.image_size)
+        return render_sample(self.seed, self.split, index, self.image_size, self.max_rotation)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.raw(i)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from pipeline.data import synthetic
-from pipeline.data.rendered import RenderedDataset
+from pipeline.data.rendered import RenderedDataset, check_max_rotation
 
 # Bump whenever the rendering changes: it is part of the dataset fingerprint.
 GENERATOR_VERSION = 2
@@ -32,10 +32,12 @@ def _rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(entropy))
 
 
-def render_classification_sample(seed: int, split: str, index: int, image_size: int) -> tuple[np.ndarray, int]:
+def render_classification_sample(seed: int, split: str, index: int, image_size: int,
+                                 max_rotation: float = 180.0) -> tuple[np.ndarray, int]:
     """Render one sample: (uint8 HxWx3 image, class id). Pure function of its arguments."""
     if image_size < 16:
         raise ValueError(f"image_size must be >= 16, got {image_size}")
+    check_max_rotation(max_rotation)
     label = index % len(CLASS_NAMES)
     rng = _rng(seed, split, index)
     canvas = synthetic._Canvas(image_size, rng)
@@ -43,7 +45,7 @@ def render_classification_sample(seed: int, split: str, index: int, image_size: 
     # of the class) stays inside the image. + 1: segmentation ids count background as 0.
     half = image_size * rng.uniform(0.5, 0.7) / 2
     cy, cx = rng.uniform(0.4 * image_size, 0.6 * image_size, 2)
-    synthetic._draw_object(canvas, label + 1, cy, cx, half)
+    synthetic._draw_object(canvas, label + 1, cy, cx, half, max_rotation)
     return synthetic.finish_image(canvas.image, rng, image_size), label
 
 
@@ -58,7 +60,7 @@ class SyntheticClassification(RenderedDataset[tuple[np.ndarray, int]]):
     classes = CLASS_NAMES
 
     def render(self, index: int) -> tuple[np.ndarray, int]:
-        return render_classification_sample(self.seed, self.split, index, self.image_size)
+        return render_classification_sample(self.seed, self.split, index, self.image_size, self.max_rotation)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, label = self.raw(i)

@@ -21,7 +21,8 @@ COPY configs ./configs
 
 # The Makefile's install (venv + `pip install -e .`), with the image's TensorRT visible
 # (--system-site-packages) and the CUDA build of ONNX Runtime in place of the CPU one: both wheels
-# provide the same `onnxruntime` module, so the CPU one is removed first.
+# provide the same `onnxruntime` module, so the CPU one is removed first. Unlike `make install`, pip
+# byte-compiles here: the image is built once and its containers start many times.
 RUN python3 -m venv --system-site-packages .venv \
  && .venv/bin/pip install --upgrade pip \
  && .venv/bin/pip install -e '.[dev]' \

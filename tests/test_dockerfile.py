@@ -35,7 +35,10 @@ def test_every_package_and_file_the_install_needs_is_copied_and_exists():
 def test_the_image_installs_like_make_install_and_marks_it_done():
     run = " ".join(instructions("RUN"))
     makefile = (ROOT / "Makefile").read_text()
-    assert "pip install -e '.[dev]'" in run and "pip install -e '.[dev]'" in makefile
+    # The same editable install of the same extra; only pip's flags may differ (the Makefile skips
+    # byte-compiling, the image, built once and started many times, keeps it).
+    project_install = re.compile(r"pip install (--\S+ )*-e '\.\[dev\]'")
+    assert project_install.search(run) and project_install.search(makefile)
     stamp = re.search(r"^STAMP\s*:=\s*\$\(VENV\)/(\S+)", makefile, re.M).group(1)
     assert f"touch .venv/{stamp}" in run, "without the stamp, `make run` would reinstall inside the container"
     assert "--system-site-packages" in run, "the base image's TensorRT must stay importable in the venv"

@@ -16,7 +16,7 @@ from pipeline.stage import StageContext, StageResult
 from pipeline import distributed
 from pipeline.tasks import get_task
 from pipeline.tasks.segmentation import segmentation_summary  # noqa: F401 - re-exported for stages
-from pipeline.training import SupervisedTask, TrainingRuntime, evaluate, train
+from pipeline.training import SupervisedObjective, TrainingRuntime, evaluate, train
 
 # Settings that change what is learnt (channels_last / compile / loader settings only change speed).
 TRAINING_KEYS = ("task", "run.seed", "run.deterministic", "run.amp", "run.sync_batchnorm", "data")
@@ -84,8 +84,8 @@ def last_quarter_change(history: list[dict[str, Any]]) -> float | None:
     return round(max(values) - min(values), 4)
 
 
-def run_training(ctx: StageContext, task: nn.Module, train_cfg: TrainConfig, role: str, desc: str) -> StageResult:
-    """Train ``task``, write ``model.pt`` (deployable weights) and ``history.jsonl``, return metrics.
+def run_training(ctx: StageContext, objective: nn.Module, train_cfg: TrainConfig, role: str, desc: str) -> StageResult:
+    """Train ``objective``, write ``model.pt`` (deployable weights) and ``history.jsonl``, return metrics.
 
     Under torchrun every rank trains; rank 0 alone writes the files."""
     config = ctx.config
@@ -98,19 +98,20 @@ def run_training(ctx: StageContext, task: nn.Module, train_cfg: TrainConfig, rol
     kind = get_task(config.task)
     board = tensorboard_writer(ctx, desc) if distributed.is_main() else None
     try:
-        result = train(task, train_set, loader, train_cfg, num_classes=info.num_classes, device=device,
+        result = train(objective, train_set, loader, train_cfg, num_classes=info.num_classes, device=device,
                        seed=seed, checkpoint=ctx.dir / "checkpoint.pt", fingerprint=ctx.fingerprint,
                        desc=desc, runtime=runtime, on_epoch=board.log if board else None,
                        make_evaluator=lambda: kind.evaluator(info))
     finally:
         if board:
             board.close()
-    model = task.deployable
+    model = objective.deployable
     evaluation = result.final_evaluation  # None only when resuming after the last epoch was already trained
     if evaluation is None:
         evaluation = evaluate(model, loader, kind.evaluator(info), device, runtime)
     # A plain model ships as is; a Distiller is saved whole (heads included): stripping is its own stage.
-    saved, weights_name = (model, "model.pt") if isinstance(task, SupervisedTask) else (task, "distiller.pt")
+    plain = isinstance(objective, SupervisedObjective)
+    saved, weights_name = (model, "model.pt") if plain else (objective, "distiller.pt")
     if distributed.is_main():
         atomic_torch_save({k: v.cpu() for k, v in saved.state_dict().items()}, ctx.dir / weights_name)
         atomic_json_lines(ctx.dir / "history.jsonl", result.history)

@@ -5,15 +5,15 @@ from __future__ import annotations
 from pipeline.builders import build_student
 from pipeline.data import dataset_info
 from pipeline.stage import Stage, StageContext, StageResult
-from pipeline.training import SupervisedTask
+from pipeline.training import SupervisedObjective
 from stages.common import TRAINING_KEYS, run_training, seed_model_init
 
 
 def run(ctx: StageContext) -> StageResult:
     seed_model_init(ctx.config, ctx.config.student.train)
     student = build_student(ctx.config, with_methods=False)
-    task = SupervisedTask(student, ignore_index=dataset_info(ctx.config.data).ignore_index)
-    return run_training(ctx, task, ctx.config.student.train, "student_baseline", "baseline")
+    objective = SupervisedObjective(student, ignore_index=dataset_info(ctx.config.data).ignore_index)
+    return run_training(ctx, objective, ctx.config.student.train, "student_baseline", "baseline")
 
 
 STAGE = Stage(

@@ -5,15 +5,15 @@ from __future__ import annotations
 from pipeline.builders import build_teacher
 from pipeline.data import dataset_info
 from pipeline.stage import Stage, StageContext, StageResult
-from pipeline.training import SupervisedTask
+from pipeline.training import SupervisedObjective
 from stages.common import TRAINING_KEYS, run_training, seed_model_init
 
 
 def run(ctx: StageContext) -> StageResult:
     seed_model_init(ctx.config, ctx.config.teacher.train)
     teacher = build_teacher(ctx.config)
-    task = SupervisedTask(teacher, ignore_index=dataset_info(ctx.config.data).ignore_index)
-    return run_training(ctx, task, ctx.config.teacher.train, "teacher", "teacher")
+    objective = SupervisedObjective(teacher, ignore_index=dataset_info(ctx.config.data).ignore_index)
+    return run_training(ctx, objective, ctx.config.teacher.train, "teacher", "teacher")
 
 
 STAGE = Stage(

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from pipeline import distributed
 from pipeline.config import TrainConfig, load_config
 from pipeline.data import build_dataset, dataset_info, segmentation_collate
-from pipeline.training import SupervisedTask, TrainingRuntime, prepare_for_devices, train
+from pipeline.training import SupervisedObjective, TrainingRuntime, prepare_for_devices, train
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ["data.image_size=32", "data.train_size=16", "data.val_size=7", "data.augment.hflip=false",
@@ -54,7 +54,7 @@ def fit(out: Path, runtime: TrainingRuntime | None = None, train_cfg: TrainConfi
     config = load_config(None, DATA)
     info = dataset_info(config.data)
     torch.manual_seed(0)
-    task = SupervisedTask(TinySegmenter(info.num_classes))
+    task = SupervisedObjective(TinySegmenter(info.num_classes))
     val = DataLoader(build_dataset(config.data, "val"), batch_size=2, collate_fn=segmentation_collate)
     result = train(task, build_dataset(config.data, "train"), val, train_cfg, num_classes=info.num_classes,
                    device=torch.device("cpu"), seed=0, checkpoint=out / "checkpoint.pt", fingerprint="fp",
@@ -129,7 +129,7 @@ def test_global_batch_must_split_evenly_over_ranks(monkeypatch):
 
 def test_sync_batchnorm_on_cpu_is_refused_with_the_fix(monkeypatch):
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
-    task = SupervisedTask(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)))
+    task = SupervisedObjective(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)))
     with pytest.raises(ValueError, match=r"run\.sync_batchnorm needs CUDA.*run\.sync_batchnorm=false"):
         prepare_for_devices(task, torch.device("cpu"), TrainingRuntime(sync_batchnorm=True), "teacher")
 

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from pipeline.builders import build_student, data_splits
 from pipeline.config import load_config
-from pipeline.training import SupervisedTask, lr_factor, train
+from pipeline.training import SupervisedObjective, lr_factor, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.image_size=32", "data.train_size=32", "data.val_size=8", "student.train.epochs=3",
@@ -32,7 +32,7 @@ def fit(checkpoint: Path, stop_after_epoch: int | None = None, overrides: tuple[
     config = load_config(None, [*TINY, *overrides])
     torch.manual_seed(0)
     info, train_set, val_set = data_splits(config)
-    task = SupervisedTask(build_student(config))
+    task = SupervisedObjective(build_student(config))
 
     def on_epoch(row):
         if row["epoch"] == stop_after_epoch:

@@ -32,7 +32,7 @@ from torch import nn
 from pipeline.config import ModelConfig, TrainConfig
 from pipeline.distill.tat import Attention, attention
 from pipeline.models import build_segmentation_model
-from pipeline.training import SupervisedTask, TrainingRuntime, build_optimizer
+from pipeline.training import SupervisedObjective, TrainingRuntime, build_optimizer
 
 VOC_CLASSES = 21
 
@@ -129,7 +129,7 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     figures: dict[str, Any] = {"settings": {**vars(args), "device": str(device)}, "results": {}}
     torch.backends.cudnn.benchmark = True
 
-    teacher = SupervisedTask(deeplab("resnet101"))
+    teacher = SupervisedObjective(deeplab("resnet101"))
     seconds, memory = timed(training_step(teacher, args.batch, args.size, device, runtime), device, args.warmup,
                             args.steps)
     figures["results"]["teacher_training"] = {"images_per_second": round(args.batch / seconds, 2),

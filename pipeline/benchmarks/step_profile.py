@@ -82,9 +82,9 @@ def model_parts(model: nn.Module, images: Tensor, targets: Tensor) -> dict[str, 
 
 def profile_model(role: str, model: nn.Module, images: Tensor, targets: Tensor, train_cfg: Any,
                   device: torch.device, repeats: int, warmup: int) -> dict[str, Any]:
-    from pipeline.training import SupervisedTask, build_optimizer
+    from pipeline.training import SupervisedObjective, build_optimizer
 
-    task = SupervisedTask(model).to(device).train()
+    task = SupervisedObjective(model).to(device).train()
     optimizer = build_optimizer(task, train_cfg)
     # One real step first so the optimizer has its state (AdamW's moments) before it is timed alone.
     train_step(task, optimizer, images, targets)()

@@ -159,7 +159,7 @@ def overhead_benchmark(args: argparse.Namespace, device: torch.device) -> dict[s
     from pipeline.builders import build_distiller, build_student, build_teacher
     from pipeline.config import load_config
     from pipeline.data import dataset_info
-    from pipeline.training import SupervisedTask, build_optimizer
+    from pipeline.training import SupervisedObjective, build_optimizer
 
     config = load_config(args.config, args.overrides)
     train_cfg = config.student.train
@@ -167,7 +167,7 @@ def overhead_benchmark(args: argparse.Namespace, device: torch.device) -> dict[s
     num_classes = dataset_info(config.data).num_classes
     torch.manual_seed(0)
     student = build_student(config)
-    plain = SupervisedTask(copy.deepcopy(student)).to(device)
+    plain = SupervisedObjective(copy.deepcopy(student)).to(device)
     distiller = build_distiller(config, build_teacher(config), student).to(device)
     distill_optimizer, plain_optimizer = build_optimizer(distiller, train_cfg), build_optimizer(plain, train_cfg)
     images = torch.randn(batch, 3, size, size, device=device)

@@ -98,7 +98,7 @@ def reseed_augmentation(dataset: object, seed: int) -> None:
         transform.set_random_seed(int(seed) % 2**32)
 
 
-def seed_worker(worker_id: int) -> None:
+def seed_worker(_worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: each worker's augmentations follow torch's per-worker seed."""
     import torch
 

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import default_collate
 
 from pipeline.config import ModelConfig
 from pipeline.data import DatasetInfo
@@ -73,18 +73,6 @@ class Task:
     def export_metadata(self, info: DatasetInfo) -> dict[str, str]:
         """Task-specific ONNX ``metadata_props`` (besides task, classes, input size, mean/std)."""
         return {}
-
-    @torch.no_grad()
-    def evaluate_model(self, model: nn.Module, loader: DataLoader, info: DatasetInfo,
-                       device: torch.device) -> Evaluator:
-        """Evaluate a PyTorch model in eval mode (its train/eval mode is restored)."""
-        was_training = model.training
-        model.eval()
-        evaluator = self.evaluator(info)
-        for images, targets in loader:
-            evaluator.update(model(images.to(device)).cpu(), targets)
-        model.train(was_training)
-        return evaluator
 
     def evaluate_predictions(self, predict: Callable[[np.ndarray], np.ndarray],
                              batches: Iterable[tuple[np.ndarray, np.ndarray]], info: DatasetInfo) -> Evaluator:

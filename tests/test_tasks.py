@@ -47,5 +47,5 @@ def test_segmentation_evaluator_is_the_confusion_matrix_with_the_same_keys():
 
 
 def test_unknown_task_names_the_valid_ones():
-    with pytest.raises(ValueError, match=r"valid tasks are \['classification', 'segmentation'\]"):
+    with pytest.raises(ValueError, match=r"valid tasks: classification, segmentation"):
         get_task("detection")

@@ -1,7 +1,8 @@
 """Datasets: the embedded synthetic benchmark and readers of real datasets in their on-disk formats.
 
 ``build_dataset`` is a small dispatch on ``DataConfig.dataset``; each dataset lives in its own
-module and registers a builder, an info function and a fingerprint function here.
+module, and its entry here (a builder, an info function and a fingerprint function) is registered
+in :data:`DATASETS` under the name configs use.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from pipeline.config import DataConfig
+from pipeline.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -197,31 +199,24 @@ class _Entry:
     task: Literal["segmentation", "classification"] = "segmentation"
 
 
-DATASETS: dict[str, _Entry] = {
-    "synthetic": _Entry(_synthetic_info, _synthetic_build, _synthetic_identity),
-    **{name: _Entry(_files_info, _files_build, _files_identity) for name in _READERS},
-}
-DATASETS.update({
-    "synthetic_classification": _Entry(_synthetic_classification_info, _synthetic_classification_build,
-                                       _synthetic_classification_identity, task="classification"),
-    "cifar100": _Entry(_cifar100_info, _cifar100_build, _cifar100_identity, task="classification"),
-    "image_folder": _Entry(_image_folder_info, _image_folder_build, _image_folder_identity, task="classification"),
-})
+DATASETS: Registry[_Entry] = Registry("dataset")
+DATASETS.register("synthetic", _Entry(_synthetic_info, _synthetic_build, _synthetic_identity))
+for _name in _READERS:
+    DATASETS.register(_name, _Entry(_files_info, _files_build, _files_identity))
+DATASETS.register("synthetic_classification", _Entry(_synthetic_classification_info, _synthetic_classification_build,
+                                                      _synthetic_classification_identity, task="classification"))
+DATASETS.register("cifar100", _Entry(_cifar100_info, _cifar100_build, _cifar100_identity, task="classification"))
+DATASETS.register("image_folder", _Entry(_image_folder_info, _image_folder_build, _image_folder_identity,
+                                         task="classification"))
 
 
 def dataset_task(name: str) -> str:
     """"segmentation" or "classification": what the dataset's targets are."""
-    entry = DATASETS.get(name)
-    if entry is None:
-        raise ValueError(f"unknown dataset {name!r}; valid datasets are {sorted(DATASETS)}")
-    return entry.task
+    return DATASETS.get(name).task
 
 
 def _entry(cfg: DataConfig) -> _Entry:
-    entry = DATASETS.get(cfg.dataset)
-    if entry is None:
-        raise ValueError(f"unknown dataset {cfg.dataset!r}; valid datasets are {sorted(DATASETS)}")
-    return entry
+    return DATASETS.get(cfg.dataset)
 
 
 def dataset_info(cfg: DataConfig) -> DatasetInfo:

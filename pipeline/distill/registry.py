@@ -1,4 +1,5 @@
-"""Name -> method class. Methods register themselves on import; configs refer to them by name."""
+"""Name -> method class. Methods register themselves on import (``@register``); configs refer to them
+by name."""
 
 from __future__ import annotations
 
@@ -10,32 +11,25 @@ from pydantic import ValidationError
 from torch import Tensor
 
 from pipeline.distill.base import DistillMethod, FeatureInfo, MethodOptions
+from pipeline.registry import Registry
 
 if TYPE_CHECKING:
     from pipeline.config import MethodSpec
 
-_METHODS: dict[str, type[DistillMethod]] = {}
+# Filled by the built-in methods' @register when pipeline.distill (the package) is imported.
+METHODS: Registry[type[DistillMethod]] = Registry("distillation method")
 
 
 def register(cls: type[DistillMethod]) -> type[DistillMethod]:
-    if cls.name in _METHODS and _METHODS[cls.name] is not cls:
-        raise ValueError(f"two distillation methods are named '{cls.name}'")
-    _METHODS[cls.name] = cls
-    return cls
+    return METHODS.register(cls.name, cls)
 
 
 def available_methods() -> dict[str, type[DistillMethod]]:
-    _load_builtin_methods()
-    return dict(sorted(_METHODS.items()))
+    return dict(METHODS.items())
 
 
 def method_class(name: str) -> type[DistillMethod]:
-    methods = available_methods()
-    if name not in methods:
-        close = difflib.get_close_matches(name, list(methods), n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise ValueError(f"unknown distillation method '{name}'; {hint}available: {', '.join(methods)}")
-    return methods[name]
+    return METHODS.get(name)
 
 
 def parse_options(spec: "MethodSpec") -> MethodOptions:
@@ -78,7 +72,3 @@ def method_weight(spec: "MethodSpec") -> float:
     """The spec's weight, or the method's own default when the config gives none."""
     return float(spec.weight) if spec.weight is not None else float(method_class(spec.name).default_weight)
 
-
-def _load_builtin_methods() -> None:
-    # Importing the modules runs their @register decorators.
-    from pipeline.distill import methods  # noqa: F401

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Protocol
 
 import torch
 import torchvision
@@ -18,7 +18,8 @@ from torch import Tensor, nn
 from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-BackboneName = Literal["resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2"]
+from pipeline.registry import Registry
+
 STAGES: tuple[str, ...] = ("stage1", "stage2", "stage3", "stage4")
 
 
@@ -164,15 +165,31 @@ def _block_out_channels(block: nn.Module) -> int:
 
 
 # ------------------------------------------------------------------------------- construction
-def build_backbone(name: BackboneName, output_stride: int = 16, width_mult: float = 1.0) -> Backbone:
-    """Randomly initialised backbone ``name`` at ``output_stride`` (8 or 16)."""
-    if name == "mobilenet_v2":
-        return MobileNetV2Backbone(output_stride, width_mult)
-    if width_mult != 1.0:
-        raise ValueError(f"width_mult applies to mobilenet_v2 only, not {name}")
-    if name in ("resnet18", "resnet34", "resnet50", "resnet101"):
+class BackboneBuilder(Protocol):
+    def __call__(self, output_stride: int, width_mult: float) -> Backbone: ...
+
+
+# Every backbone name the project knows (segmentation and classification models alike).
+BACKBONES: Registry[BackboneBuilder] = Registry("backbone")
+
+
+def _resnet(name: str) -> BackboneBuilder:
+    def build(output_stride: int, width_mult: float) -> Backbone:
+        if width_mult != 1.0:
+            raise ValueError(f"width_mult applies to mobilenet_v2 only, not {name}")
         return ResNetBackbone(name, output_stride)
-    raise ValueError(f"unknown backbone {name!r}; choose resnet18, resnet34, resnet50, resnet101, mobilenet_v2")
+
+    return build
+
+
+for _name in ("resnet18", "resnet34", "resnet50", "resnet101"):
+    BACKBONES.register(_name, _resnet(_name))
+BACKBONES.register("mobilenet_v2", MobileNetV2Backbone)
+
+
+def build_backbone(name: str, output_stride: int = 16, width_mult: float = 1.0) -> Backbone:
+    """Randomly initialised backbone ``name`` at ``output_stride`` (8 or 16)."""
+    return BACKBONES.get(name)(output_stride, width_mult)
 
 
 def load_pretrained_backbone(backbone: Backbone, path: str | Path) -> list[str]:

@@ -29,9 +29,10 @@ from torch import Tensor, nn
 from torch.nn import Parameter
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from pipeline.models.backbones import BACKBONES
+
 
 Stem = Literal["imagenet", "cifar"]
-CLASSIFIER_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2")
 
 
 class ClassificationModel(nn.Module):
@@ -199,15 +200,14 @@ def build_classification_model(
     neck_channels = getattr(neck, "out_channels", None) if neck is not None else None
     if neck_channels is not None and not isinstance(neck_channels, int):
         raise TypeError(f"neck.out_channels must be an int, got {neck_channels!r}")
+    BACKBONES.get(backbone)  # an unknown name fails here, with the valid ones
     model: ClassificationModel
     if backbone == "mobilenet_v2":
         model = MobileNetV2Classifier(num_classes, stem, width_mult, neck, neck_channels)
-    elif backbone in CLASSIFIER_BACKBONES:
+    else:
         if width_mult != 1.0:
             raise ValueError(f"width_mult applies to mobilenet_v2 only, not {backbone}")
         model = ResNetClassifier(backbone, num_classes, stem, neck, neck_channels)
-    else:
-        raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(CLASSIFIER_BACKBONES)}")
     if pretrained is not None:
         load_pretrained_classifier(model, pretrained)
     return model

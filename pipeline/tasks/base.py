@@ -21,6 +21,7 @@ from torch.utils.data import default_collate
 
 from pipeline.config import ModelConfig
 from pipeline.data import DatasetInfo
+from pipeline.registry import Registry
 
 
 class Evaluator(Protocol):
@@ -81,3 +82,7 @@ class Task:
         for images, targets in batches:
             evaluator.update(predict(images), targets)
         return evaluator
+
+
+# Filled by the task modules, which pipeline/tasks/__init__.py imports: any import of the package knows both.
+TASKS: Registry[Task] = Registry("task")

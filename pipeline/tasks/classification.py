@@ -13,7 +13,7 @@ from pipeline.config import SEGMENTATION_MODEL_KEYS, ModelConfig
 from pipeline.data import DatasetInfo
 from pipeline.metrics import topk_accuracy
 from pipeline.models.classification import build_classification_model
-from pipeline.tasks.base import Task
+from pipeline.tasks.base import TASKS, Task
 
 TOP_K = (1, 5)
 
@@ -68,3 +68,6 @@ class ClassificationTask(Task):
 
     def export_metadata(self, info: DatasetInfo) -> dict[str, str]:
         return {"output_layout": "logits (batch, num_classes) float32, before softmax"}
+
+
+TASKS.register(ClassificationTask.name, ClassificationTask())

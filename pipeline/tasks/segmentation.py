@@ -12,7 +12,7 @@ from pipeline.config import CLASSIFICATION_MODEL_KEYS, ModelConfig
 from pipeline.data import DatasetInfo, segmentation_collate
 from pipeline.metrics import ConfusionMatrix
 from pipeline.models import build_segmentation_model
-from pipeline.tasks.base import Task
+from pipeline.tasks.base import TASKS, Task
 
 
 def segmentation_summary(matrix: ConfusionMatrix, class_names: tuple[str, ...]) -> dict[str, Any]:
@@ -72,3 +72,6 @@ class SegmentationTask(Task):
 
     def export_metadata(self, info: DatasetInfo) -> dict[str, str]:
         return {"ignore_index": str(info.ignore_index)}
+
+
+TASKS.register(SegmentationTask.name, SegmentationTask())

@@ -7,11 +7,17 @@ import os
 import sys
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from pipeline.config import ConfigError, PipelineConfig, load_config
-from pipeline.data.files import DatasetLayoutError
+from pipeline.errors import DatasetLayoutError, PipelineError, StageFailed
 from pipeline.gate import FINGERPRINTS, GateError
-from pipeline.runner import PipelineError, Runner, StageFailed
 from pipeline.summary import backends_table, gap_closure, models_table, status_notes
+
+if TYPE_CHECKING:
+    from pipeline.runner import Runner
+
+# Only what every command needs is imported here: `gate` and `--help` must not pay for torch.
 
 DEFAULT_OUT_ROOT = Path("exported")
 
@@ -95,7 +101,8 @@ def run_dir_for(config: PipelineConfig, out: Path | None) -> Path:
     return out if out is not None else DEFAULT_OUT_ROOT / config.run.name
 
 
-def make_runner(config: PipelineConfig, out: Path | None) -> Runner:
+def make_runner(config: PipelineConfig, out: Path | None) -> "Runner":
+    from pipeline.runner import Runner
     from stages import STAGES
 
     return Runner(config, run_dir_for(config, out), STAGES)
@@ -103,12 +110,11 @@ def make_runner(config: PipelineConfig, out: Path | None) -> Runner:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline import distributed
-
-    from pipeline.builders import check_distillation
+    from pipeline.preflight import preflight
 
     config = load_config(args.config, args.overrides)
+    preflight(config, str(args.config))
     check_dataset(config)
-    check_distillation(config)
     # Under torchrun: join the process group (nccl on CUDA, gloo on CPU); a no-op for one process.
     distributed.init_from_env("cpu" if config.run.device == "cpu" else None)
     try:
@@ -135,7 +141,10 @@ def check_dataset(config: PipelineConfig) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from pipeline.preflight import preflight
+
     config = load_config(args.config, args.overrides)
+    preflight(config, str(args.config))
     runner = make_runner(config, args.out)
     print(f"run folder: {runner.run_dir}")
     width = max(len(stage.name) for stage in runner.stages)

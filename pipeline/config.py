@@ -3,6 +3,11 @@
 YAML file + dotted ``key=value`` overrides -> :class:`PipelineConfig`. Every model forbids
 unknown keys, so a typo is an error that names the key and the closest valid one before any
 work starts (:class:`ConfigError`).
+
+This module is a leaf: it imports nothing of the project, so reading or gating a run never
+imports torch. Names that registries define (datasets, backbones, tasks, distillation methods and
+their options) are plain strings here; :func:`pipeline.preflight.preflight` checks them, once,
+before any work.
 """
 
 from __future__ import annotations
@@ -53,15 +58,11 @@ class AugmentConfig(StrictModel):
         return v
 
 
-Dataset = Literal["synthetic", "voc", "cocostuff10k", "cityscapes", "folder",
-                  "synthetic_classification", "cifar100", "image_folder"]
-
-
 class DataConfig(StrictModel):
     # Segmentation: synthetic (embedded), voc, cocostuff10k, cityscapes, folder (images/ + masks/).
     # Classification: synthetic_classification (embedded), cifar100 (cifar-100-python pickles under
     # root), image_folder (root/{train,val}/<class>/*.JPEG).
-    dataset: Dataset = "synthetic"
+    dataset: str = Field("synthetic", description="a name of pipeline.data.DATASETS")
     root: Path | None = Field(None, description="real datasets: the folder holding the dataset's layout")
     image_size: int = Field(64, ge=32, description="training crop / synthetic image side, pixels")
     # Real datasets: split names as the dataset spells them; None = the dataset's usual train/val pair.
@@ -86,12 +87,9 @@ class DataConfig(StrictModel):
 
 
 # ------------------------------------------------------------------------------------ models
-Backbone = Literal["resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2"]
-
-
 class ModelConfig(StrictModel):
     arch: Literal["deeplabv3plus", "deeplabv3"] = "deeplabv3plus"
-    backbone: Backbone = "mobilenet_v2"
+    backbone: str = Field("mobilenet_v2", description="a name of pipeline.models.backbones.BACKBONES")
     output_stride: Literal[8, 16] = 16
     aspp_channels: int = Field(256, ge=8)
     aspp_rates: tuple[int, int, int] = (6, 12, 18)
@@ -180,11 +178,7 @@ class DistillConfig(StrictModel):
 
     @field_validator("methods", mode="after")
     @classmethod
-    def _methods_known(cls, methods: tuple[MethodSpec, ...]) -> tuple[MethodSpec, ...]:
-        from pipeline.distill.registry import validate_method_spec  # late: registry imports methods
-
-        for index, spec in enumerate(methods):
-            validate_method_spec(spec, where=f"distill.methods[{index}]")
+    def _methods_once(cls, methods: tuple[MethodSpec, ...]) -> tuple[MethodSpec, ...]:
         names = [m.name for m in methods]
         if len(set(names)) != len(names):
             raise ValueError(f"each method may appear once; got {names}")
@@ -273,7 +267,7 @@ CLASSIFICATION_MODEL_KEYS = ("stem",)
 
 class PipelineConfig(StrictModel):
     # What the pipeline trains and measures: per-pixel masks (mIoU) or one label per image (top-1/top-5).
-    task: Literal["segmentation", "classification"] = "segmentation"
+    task: str = Field("segmentation", description="a name of pipeline.tasks.TASKS: segmentation | classification")
     run: RunConfig = RunConfig()
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
@@ -291,13 +285,7 @@ class PipelineConfig(StrictModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
-    def _task_fits_data_and_models(self) -> "PipelineConfig":
-        from pipeline.data import dataset_task  # late: pipeline.data imports this module
-
-        data_task = dataset_task(self.data.dataset)
-        if data_task != self.task:
-            raise ValueError(f"data.dataset '{self.data.dataset}' is a {data_task} dataset but task is "
-                             f"'{self.task}'; set task: {data_task} or choose a {self.task} dataset")
+    def _models_fit_the_task(self) -> "PipelineConfig":
         foreign = SEGMENTATION_MODEL_KEYS if self.task == "classification" else CLASSIFICATION_MODEL_KEYS
         for role, model in (("teacher", self.teacher.model), ("student", self.student.model)):
             # Compared with the defaults (not fields_set) so a dumped, fully resolved config reloads.
@@ -410,3 +398,18 @@ def dump_config(config: PipelineConfig, path: Path) -> None:
     from pipeline.artifacts import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+# Settings that never change a number in metrics.json: a run renamed or re-reported is the same run.
+NOT_NUMBERS = (("run", "name"), ("report",))
+
+
+def comparable_config(config: PipelineConfig) -> dict[str, Any]:
+    """The resolved config without :data:`NOT_NUMBERS`: what ``config_fingerprint`` hashes."""
+    data = config.to_dict()
+    for path in NOT_NUMBERS:
+        node = data
+        for key in path[:-1]:
+            node = node[key]
+        node.pop(path[-1], None)
+    return data

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pipeline.artifacts import sha256_json
-from pipeline.config import PipelineConfig, RunConfig
+from pipeline.config import PipelineConfig, RunConfig, comparable_config
 
 
 def select_device(requested: str) -> torch.device:
@@ -73,21 +73,6 @@ def versions() -> dict[str, str]:
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
     }
-
-
-# Settings that never change a number in metrics.json: a run renamed or re-reported is the same run.
-NOT_NUMBERS = (("run", "name"), ("report",))
-
-
-def comparable_config(config: PipelineConfig) -> dict[str, Any]:
-    """The resolved config without :data:`NOT_NUMBERS`: what ``config_fingerprint`` hashes."""
-    data = config.to_dict()
-    for path in NOT_NUMBERS:
-        node = data
-        for key in path[:-1]:
-            node = node[key]
-        node.pop(path[-1], None)
-    return data
 
 
 def framework_fingerprint() -> str:

@@ -168,8 +168,7 @@ def save_baseline(baseline: Baseline, path: Path) -> None:
 
 def read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(metrics.json, the run's comparable config or None when config.yaml is absent)."""
-    from pipeline.config import ConfigError, validate_config
-    from pipeline.environment import comparable_config
+    from pipeline.config import ConfigError, comparable_config, validate_config
 
     run_dir = Path(run_dir)
     metrics_path = run_dir / "metrics.json"

@@ -22,21 +22,10 @@ from pipeline import distributed
 from pipeline.artifacts import atomic_write_json, deep_merge, sha256_file, sha256_json
 from pipeline.code_deps import code_digest
 from pipeline.config import PipelineConfig, dump_config
+from pipeline.errors import PipelineError, StageFailed
 from pipeline.stage import RECORD_NAME, Stage, StageContext, StageRecord
 
 METRICS_NAME = "metrics.json"
-
-
-class PipelineError(RuntimeError):
-    """A problem the user can fix (bad stage name, locked run folder, ...)."""
-
-
-class StageFailed(PipelineError):
-    """A stage raised: names the stage; the original exception is the ``__cause__``."""
-
-    def __init__(self, stage: str, error: BaseException) -> None:
-        self.stage = stage
-        super().__init__(f"stage '{stage}' failed: {type(error).__name__}: {error}")
 
 
 @dataclass(frozen=True)

@@ -291,7 +291,7 @@ def run_sweep(
 ) -> dict[str, Any]:
     """Train the teacher once, then every variant x seed (``jobs`` at a time, each in its own process);
     write sweep.json and sweep.md; return the table."""
-    from pipeline.builders import check_distillation
+    from pipeline.preflight import preflight
     from pipeline.runner import Runner
     from stages import STAGES
 
@@ -299,9 +299,9 @@ def run_sweep(
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     sweep = load_sweep(path, out, seeds, overrides, variants, first_seed)
     checked: set[str] = set()
-    for run in sweep.runs:  # impossible method settings fail here, before the teacher trains
+    for run in sweep.runs:  # unknown names and impossible method settings fail here, before the teacher trains
         if run.variant not in checked:
-            check_distillation(run.config)
+            preflight(run.config, f"{sweep.path} variant '{run.variant}'")
             checked.add(run.variant)
 
     print(f"[sweep] {len(sweep.runs)} student runs ({len(sweep.spec.variants)} variants x {len(sweep.seeds)} seeds) "

@@ -18,6 +18,7 @@ from pipeline.data import build_dataset, dataset_fingerprint, dataset_info, data
 from pipeline.data.cifar100 import read_class_names as cifar_class_names
 from pipeline.data.cifar100 import read_split
 from pipeline.data.synthetic_classification import CLASS_NAMES, render_classification_sample
+from pipeline.preflight import preflight
 
 
 # ------------------------------------------------------------------------------ embedded
@@ -51,7 +52,7 @@ def test_dataset_through_the_config_gives_normalised_images_and_scalar_labels():
 
 def test_a_classification_dataset_needs_the_classification_task():
     with pytest.raises(ConfigError, match="classification dataset but task is 'segmentation'; set task: classification"):
-        load_config(None, ["data.dataset=synthetic_classification"])
+        preflight(load_config(None, ["data.dataset=synthetic_classification"]))
     with pytest.raises(ConfigError, match=r"student\.model\.aspp_channels does not apply to task 'classification'"):
         load_config(None, ["task=classification", "data.dataset=synthetic_classification",
                            "student.model.aspp_channels=64"])

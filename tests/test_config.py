@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from pipeline.config import ConfigError, PipelineConfig, load_config
+from pipeline.preflight import preflight
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -72,17 +73,36 @@ def test_override_without_equals_sign_explains_the_form():
 
 def test_unknown_distillation_method_suggests_the_closest():
     with pytest.raises(ConfigError, match=r"distill\.methods\[0\]\.name: unknown distillation method 'kdd'; did you mean 'kd'"):
-        load_config(None, ["distill.methods=[{name: kdd}]"])
+        preflight(load_config(None, ["distill.methods=[{name: kdd}]"]))
 
 
 def test_unknown_method_option_is_an_error():
     with pytest.raises(ConfigError, match=r"distill\.methods\[0\]\.temprature: unknown option of 'kd'; did you mean 'temperature'"):
-        load_config(None, ["distill.methods=[{name: kd, temprature: 2}]"])
+        preflight(load_config(None, ["distill.methods=[{name: kd, temprature: 2}]"]))
 
 
 def test_method_options_are_validated():
     with pytest.raises(ConfigError, match="temperature"):
-        load_config(None, ["distill.methods=[{name: kd, temperature: -1}]"])
+        preflight(load_config(None, ["distill.methods=[{name: kd, temperature: -1}]"]))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.dataset=vocc", r"data\.dataset: unknown dataset 'vocc'; did you mean 'voc'\? valid datasets: "),
+    ("student.model.backbone=resnet19", r"student\.model\.backbone: unknown backbone 'resnet19'; did you mean 'resnet18'"),
+    ("task=segmentaton", r"task: unknown task 'segmentaton'; did you mean 'segmentation'"),
+])
+def test_names_the_registries_define_are_checked_before_any_work(override, message):
+    config = load_config(None, [override])  # the schema does not know the registries ...
+    with pytest.raises(ConfigError, match=message):
+        preflight(config)  # ... the preflight does, naming the key and the closest valid name
+
+
+def test_preflight_lists_every_problem_at_once():
+    config = load_config(None, ["data.dataset=vocc", "distill.methods=[{name: kdd}]"])
+    with pytest.raises(ConfigError) as error:
+        preflight(config, "my.yaml")
+    assert str(error.value).startswith("my.yaml: invalid configuration")
+    assert "data.dataset" in str(error.value) and "distill.methods[0].name" in str(error.value)
 
 
 def test_width_mult_only_for_mobilenet():

@@ -236,8 +236,10 @@ def test_relation_methods_refuse_a_batch_of_one():
 def test_unknown_option_names_the_method_and_suggests():
     from pipeline.config import ConfigError
 
+    from pipeline.preflight import preflight
+
     with pytest.raises(ConfigError, match="did you mean 'num_templates'"):
-        load_config(None, ["distill.methods=[{name: letkd, num_template: 8}]"])
+        preflight(load_config(None, ["distill.methods=[{name: letkd, num_template: 8}]"]))
 
 
 def test_only_letkd_changes_the_student_architecture():

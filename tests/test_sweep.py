@@ -18,7 +18,7 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.config import ConfigError, load_config
-from pipeline.sweep import load_sweep
+from pipeline.sweep import load_sweep, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {  # smoke-sized and smaller: seconds per training
@@ -200,7 +200,7 @@ def test_parallel_jobs_share_the_cpu_threads():
 def test_bad_sweep_files_fail_before_any_work(tmp_path, fields, message):
     path = write_sweep(tmp_path, **fields)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("?", r"\?").replace("*", r"\*")):
-        load_sweep(path, out=tmp_path / "out")
+        run_sweep(path, out=tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

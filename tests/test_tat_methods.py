@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pipeline.builders import build_distiller, build_student, build_teacher, check_distillation
+from pipeline.preflight import preflight
 from pipeline.config import ConfigError, load_config
 from pipeline.distill import available_methods
 
@@ -36,9 +37,9 @@ def test_default_and_smoke_pipelines_distil_with_tat_patch_and_anchor():
     ("[{name: tat_anchor, anchors: [0, 2]}]", "anchors are counts"),
     ("[{name: tat, query: both}]", "distill.methods[0].query"),
 ])
-def test_settings_that_cannot_work_fail_when_the_config_loads(methods, message):
+def test_settings_that_cannot_work_fail_in_the_preflight(methods, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        load_config(SMOKE, [f"distill.methods={methods}"])
+        preflight(load_config(SMOKE, [f"distill.methods={methods}"]))
 
 
 @pytest.mark.parametrize("overrides, message", [

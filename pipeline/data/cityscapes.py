@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data.files import DatasetLayoutError, Sample, SegmentationFiles, pair_by_stem, read_index_png, require, require_root
-from pipeline.data.synthetic import IGNORE_INDEX
+from pipeline.data.transforms import IGNORE_INDEX
 
 CLASS_NAMES: tuple[str, ...] = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic_light", "traffic_sign", "vegetation",

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data.files import Sample, SegmentationFiles, read_list, require, require_root
-from pipeline.data.synthetic import IGNORE_INDEX
+from pipeline.data.transforms import IGNORE_INDEX
 
 CLASS_NAMES: tuple[str, ...] = tuple("""
 person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant street_sign stop_sign

@@ -15,11 +15,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from pipeline.data.synthetic import IGNORE_INDEX
-
-
-class DatasetLayoutError(FileNotFoundError):
-    """The dataset folder does not have the layout its reader expects."""
+from pipeline.data.transforms import IGNORE_INDEX
+from pipeline.errors import DatasetLayoutError
 
 
 def require_root(root: Path | None, dataset: str, holds: str) -> Path:

@@ -32,6 +32,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from pipeline.data.rendered import SPLITS, RenderedDataset, check_max_rotation
+from pipeline.data.transforms import IGNORE_INDEX  # noqa: F401 - the masks' ignore label, named with the classes
 
 # Bump whenever the rendering changes: it is part of the dataset fingerprint.
 GENERATOR_VERSION = 2
@@ -48,8 +49,6 @@ CLASS_NAMES: tuple[str, ...] = (
     "checkered_square",
     "checkered_triangle",
 )
-IGNORE_INDEX = 255
-
 _STRIPES, _DOTS, _CHECKER = 0, 1, 2
 _TAU = 2.0 * np.pi
 

@@ -17,10 +17,11 @@ import numpy as np  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 
 from pipeline.config import AugmentConfig  # noqa: E402
-from pipeline.data.synthetic import IGNORE_INDEX  # noqa: E402
 
 MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+# The mask label of pixels that count for nothing (augmentation padding, unlabelled pixels).
+IGNORE_INDEX = 255
 
 
 def _mask_to_int64(mask: np.ndarray, **_: object) -> np.ndarray:

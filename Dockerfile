@@ -3,7 +3,7 @@
 #   docker run --gpus all --rm -v "$PWD/exported:/workspace/distill-deploy/exported" distill-deploy
 # The base image carries CUDA 13.0, cuDNN and TensorRT 10.13.3 (Python bindings included); every
 # CUDA library here is CUDA 13: torch from PyPI (cu130), onnxruntime-gpu 1.31.1 (CUDA 13 build).
-# The pins are one table (README "Docker"; tests/test_dockerfile.py checks they agree with
+# The pins are one table (docs/deployment.md "Docker"; tests/test_dockerfile.py checks they agree with
 # pyproject.toml's gpu extra). Rebuild engines whenever they change: engines are not portable.
 ARG BASE_IMAGE=nvcr.io/nvidia/tensorrt:25.10-py3
 FROM ${BASE_IMAGE}

@@ -1,6 +1,6 @@
 """The Dockerfile cannot be built here (no Docker engine): check what can be checked without one,
 that it copies everything the package needs, installs the way `make install` does, and runs the
-README's command."""
+command docs/deployment.md documents."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def test_the_image_installs_like_make_install_and_marks_it_done():
 
 def test_the_default_command_is_the_readme_one_command_run():
     assert instructions("CMD") == ['["make", "run"]']
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "deployment.md").read_text()
     workdir = instructions("WORKDIR")[0].strip()
     assert f"{workdir}/exported" in readme and "docker build -t distill-deploy ." in readme
     assert instructions("VOLUME") == [f'["{workdir}/exported"]']
@@ -59,7 +59,7 @@ def pins_in(text: str) -> dict[str, str]:
 
 def test_dockerfile_readme_and_the_gpu_extra_name_one_set_of_versions_on_one_cuda_major():
     extra = " ".join(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"])
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "deployment.md").read_text()
     pinned = pins_in(extra)
     assert set(pinned) == {"onnxruntime-gpu", "tensorrt-cu13"}, "every GPU package pinned, TensorRT by CUDA major"
     assert pins_in(readme) == pinned

@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = commands.add_parser("sweep", parents=[common],
                                 help="train the teacher once, then the student over a grid of variants x seeds")
-    sweep.add_argument("config", type=Path, help="sweep file, e.g. configs/ablation_tat.yaml")
+    sweep.add_argument("config", type=Path, help="sweep file, e.g. configs/sweeps/ablation_tat.yaml")
     sweep.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides applied to every variant")
     sweep.add_argument("--out", type=Path, help="sweep folder (default: exported/sweeps/<sweep file name>)")
     sweep.add_argument("--seeds", type=int, help="student seeds per variant (default: the sweep file's seeds)")

@@ -141,7 +141,7 @@ def override_pairs(overrides: Overrides, where: str) -> list[tuple[list[str], An
 
 def read_sweep_file(path: Path) -> SweepFile:
     if not path.is_file():
-        raise ConfigError(f"sweep file {path} does not exist; pass one such as configs/ablation_tat.yaml")
+        raise ConfigError(f"sweep file {path} does not exist; pass one such as configs/sweeps/ablation_tat.yaml")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -1,4 +1,4 @@
-"""configs/compare_methods.yaml covers every method with valid settings, and the comparison command
+"""configs/sweeps/compare_methods.yaml covers every method with valid settings, and the comparison command
 turns finished sweep runs into a table with the exported student's size and ONNX Runtime latency."""
 
 from __future__ import annotations
@@ -17,22 +17,22 @@ from pipeline.config import load_config
 from pipeline.distill import available_methods
 
 ROOT = Path(__file__).resolve().parents[1]
-COMPARE = ROOT / "configs" / "compare_methods.yaml"
+COMPARE = ROOT / "configs" / "sweeps" / "compare_methods.yaml"
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 
 
 def test_the_comparison_sweep_covers_every_method_with_valid_settings_and_five_seeds():
     sweep = yaml.safe_load(COMPARE.read_text())
-    assert sweep["base"] == "default.yaml" and sweep["seeds"] == 5
+    assert sweep["base"] == "../default.yaml" and sweep["seeds"] == 5
     named = {spec["name"] for variant in sweep["variants"].values() for spec in variant["distill.methods"]}
-    ablation = yaml.safe_load((ROOT / "configs" / "ablation_tat.yaml").read_text())
+    ablation = yaml.safe_load((ROOT / "configs" / "sweeps" / "ablation_tat.yaml").read_text())
     halves = {spec["name"] for variant in ablation["variants"].values() for spec in variant["distill.methods"]}
     assert {"tat_patch", "tat_anchor"} <= halves, "TaT's halves are compared in the ablation sweep"
     assert set(available_methods()) - {"none"} <= named | halves, "every method needs a variant"
     assert {"tat_seg", "kd"} <= named
     for name, variant in sweep["variants"].items():
         methods = variant["distill.methods"]
-        load_config(ROOT / "configs" / sweep["base"], [f"distill.methods={json.dumps(methods)}"])
+        load_config(COMPARE.parent / sweep["base"], [f"distill.methods={json.dumps(methods)}"])
         for spec in methods:
             if spec["name"] != "none":
                 assert spec["weight"] is not None, f"{name}: write the weight so the table states it"

@@ -14,7 +14,7 @@ from pipeline.config import load_config
 from test_datasets_real import write_voc
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
+CONFIGS = ROOT / "configs" / "paper"
 # (config, dataset, student, student batch, patches, groups, anchors, patch weight, anchor weight)
 PAPER = [
     ("voc_r101_r18", "voc", "resnet18", 16, [16, 16], 64, [32, 32], 0.1, 0.04),
@@ -54,7 +54,7 @@ def test_paper_config_holds_the_published_hyperparameters(name, dataset, student
 def test_voc_paper_config_starts_training_on_a_voc_layout_folder(tmp_path):
     write_voc(tmp_path / "voc")
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "pipeline", "run", "configs/voc_r101_mbv2.yaml", f"data.root={tmp_path / 'voc'}",
+    command = [sys.executable, "-m", "pipeline", "run", "configs/paper/voc_r101_mbv2.yaml", f"data.root={tmp_path / 'voc'}",
                "--out", str(out), "--until", "train_teacher", "teacher.train.epochs=1", "teacher.train.batch_size=2",
                "data.image_size=64", "data.workers=0", "teacher.model.backbone=resnet18",
                "teacher.model.pretrained=null", "run.device=cpu", "run.threads=1", *tat_overrides()]
@@ -66,7 +66,7 @@ def test_voc_paper_config_starts_training_on_a_voc_layout_folder(tmp_path):
 
 
 def test_voc_paper_config_on_a_wrong_root_says_where_vocdevkit_belongs(tmp_path):
-    command = [sys.executable, "-m", "pipeline", "run", "configs/voc_r101_mbv2.yaml", f"data.root={tmp_path}",
+    command = [sys.executable, "-m", "pipeline", "run", "configs/paper/voc_r101_mbv2.yaml", f"data.root={tmp_path}",
                "--out", str(tmp_path / "run"), "--until", "train_teacher", *tat_overrides()]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})

@@ -212,18 +212,18 @@ def test_feature_size_errors_stop_the_sweep_before_the_teacher_trains(tmp_path, 
 
 
 def test_shipped_ablation_files_are_valid():
-    table7 = load_sweep(ROOT / "configs" / "ablation_tat.yaml")
+    table7 = load_sweep(ROOT / "configs" / "sweeps" / "ablation_tat.yaml")
     assert list(table7.spec.variants) == ["baseline", "kd", "anchor", "patch", "patch_anchor", "patch_anchor_kd"]
     assert table7.seeds == (0, 1, 2, 3, 4)
-    grid = load_sweep(ROOT / "configs" / "ablation_tat_grid.yaml", seeds=1)
+    grid = load_sweep(ROOT / "configs" / "sweeps" / "ablation_tat_grid.yaml", seeds=1)
     assert len(grid.runs) == len(grid.spec.variants)
-    warmup = load_sweep(ROOT / "configs" / "ablation_tat_warmup.yaml")
+    warmup = load_sweep(ROOT / "configs" / "sweeps" / "ablation_tat_warmup.yaml")
     ramps = {run.variant: run.config.distill.warmup_steps for run in warmup.runs}
     student = warmup.runs[0].config.student.train
     all_steps = student.epochs * (warmup.runs[0].config.data.train_size // student.batch_size)
     assert ramps == {"baseline": 0, "kd": 0, "patch_anchor": 0, "patch_anchor_warmup": 160, "patch_anchor_w1_warmup": 160,
                      "patch_anchor_w05_warmup": 160, "patch_anchor_w1_ramp_all": all_steps}
-    official = load_sweep(ROOT / "configs" / "ablation_tat_official.yaml")
+    official = load_sweep(ROOT / "configs" / "sweeps" / "ablation_tat_official.yaml")
     quirks = {run.variant: (run.config.distill.methods[0].options.get("per_image", False), run.config.distill.teacher_mode)
               for run in official.runs}
     assert quirks == {"baseline": (False, "eval"), "patch_anchor": (False, "eval"), "patch_anchor_per_image": (True, "eval"),
@@ -244,15 +244,15 @@ def test_every_shipped_sweep_trains_the_default_teacher_and_student():
 def test_the_grid_shares_its_default_cells_with_the_table7_ablation():
     """The grid's header says its anchor_k2 and patch_4px_g16 runs can be hard-linked from the Table 7
     sweep: that holds only while everything those runs read is equal."""
-    grid = {run.variant: run.config for run in load_sweep(ROOT / "configs" / "ablation_tat_grid.yaml", seeds=1).runs}
-    table7 = {run.variant: run.config for run in load_sweep(ROOT / "configs" / "ablation_tat.yaml", seeds=1).runs}
+    grid = {run.variant: run.config for run in load_sweep(ROOT / "configs" / "sweeps" / "ablation_tat_grid.yaml", seeds=1).runs}
+    table7 = {run.variant: run.config for run in load_sweep(ROOT / "configs" / "sweeps" / "ablation_tat.yaml", seeds=1).runs}
     for grid_cell, table7_cell in [("anchor_k2", "anchor"), ("patch_4px_g16", "patch"), ("baseline", "baseline")]:
         for section in ("data", "teacher", "student", "distill"):
             assert grid[grid_cell].section(section) == table7[table7_cell].section(section), (grid_cell, section)
 
 
 def test_the_default_seeds_sweep_is_the_default_pipeline_with_only_the_method_slot_changed():
-    sweep = load_sweep(ROOT / "configs" / "tat_default_seeds.yaml")
+    sweep = load_sweep(ROOT / "configs" / "sweeps" / "tat_default_seeds.yaml")
     default = load_config(ROOT / "configs" / "default.yaml")
     assert sweep.seeds == tuple(range(5)) and sweep.spec.baseline == "baseline"
     assert sweep.spec.matched_time == ["tat"]
@@ -296,36 +296,36 @@ def test_gap_closure_uses_the_baseline_variants_mean(tmp_path):
 
 
 def test_a_subset_of_variants_runs_only_those_plus_the_baseline():
-    subset = load_sweep(ROOT / "configs" / "ablation_tat.yaml", variants=["baseline", "patch_anchor"])
+    subset = load_sweep(ROOT / "configs" / "sweeps" / "ablation_tat.yaml", variants=["baseline", "patch_anchor"])
     assert list(subset.spec.variants) == ["baseline", "patch_anchor"] and len(subset.runs) == 10
-    implied = load_sweep(ROOT / "configs" / "ablation_tat.yaml", variants=["kd"])
+    implied = load_sweep(ROOT / "configs" / "sweeps" / "ablation_tat.yaml", variants=["kd"])
     assert list(implied.spec.variants) == ["baseline", "kd"], "gap closure needs the baseline, so it is always run"
     with pytest.raises(ConfigError, match="did you mean 'patch_anchor'"):
-        load_sweep(ROOT / "configs" / "ablation_tat.yaml", variants=["baseline", "patch_anchr"])
+        load_sweep(ROOT / "configs" / "sweeps" / "ablation_tat.yaml", variants=["baseline", "patch_anchr"])
 
 
 def test_held_out_seeds_train_new_students_against_the_same_teacher():
     from pipeline.sweep import teacher_slice
 
-    first = load_sweep(ROOT / "configs" / "ablation_tat.yaml", variants=["patch_anchor"])
-    held_out = load_sweep(ROOT / "configs" / "ablation_tat.yaml", variants=["patch_anchor"], first_seed=3)
+    first = load_sweep(ROOT / "configs" / "sweeps" / "ablation_tat.yaml", variants=["patch_anchor"])
+    held_out = load_sweep(ROOT / "configs" / "sweeps" / "ablation_tat.yaml", variants=["patch_anchor"], first_seed=3)
     assert first.seeds == (0, 1, 2, 3, 4) and held_out.seeds == (3, 4, 5, 6, 7)
     assert [run.run_dir.name for run in held_out.runs[:3]] == ["seed3", "seed4", "seed5"]
     assert {run.config.student.train.seed for run in held_out.runs} == {3, 4, 5, 6, 7}
     assert teacher_slice(held_out.runs[0].config) == teacher_slice(first.runs[0].config)
     with pytest.raises(ConfigError, match="--first-seed must be >= 0"):
-        load_sweep(ROOT / "configs" / "ablation_tat.yaml", first_seed=-1)
+        load_sweep(ROOT / "configs" / "sweeps" / "ablation_tat.yaml", first_seed=-1)
 
 
 def test_the_loss_label_names_a_distillation_warmup_and_a_train_mode_teacher():
     from pipeline.sweep import method_label
 
-    ramped = load_sweep(ROOT / "configs" / "ablation_tat_warmup.yaml", variants=["patch_anchor_warmup"])
+    ramped = load_sweep(ROOT / "configs" / "sweeps" / "ablation_tat_warmup.yaml", variants=["patch_anchor_warmup"])
     labels = {run.variant: method_label(run.config) for run in ramped.runs}
     assert labels["patch_anchor_warmup"].endswith(", distillation ramped over 160 steps")
     assert "ramped" not in labels["baseline"]
 
-    quirks = load_sweep(ROOT / "configs" / "ablation_tat_official.yaml",
+    quirks = load_sweep(ROOT / "configs" / "sweeps" / "ablation_tat_official.yaml",
                         variants=["patch_anchor", "patch_anchor_teacher_train", "patch_anchor_official"])
     labels = {run.variant: method_label(run.config) for run in quirks.runs}
     assert labels["patch_anchor_teacher_train"] == labels["patch_anchor"] + ", teacher in train mode"

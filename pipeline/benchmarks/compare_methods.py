@@ -1,6 +1,6 @@
 """Side-by-side comparison of distillation methods from a finished sweep, deployment figures included.
 
-    python -m pipeline sweep configs/compare_methods.yaml                        # trains (until distill_student)
+    python -m pipeline sweep configs/sweeps/compare_methods.yaml                        # trains (until distill_student)
     python -m pipeline.benchmarks.compare_methods exported/sweeps/compare_methods  # strips, exports, measures
 
 The sweep leaves ordinary run folders ``<sweep>/<variant>/seed<k>/``. This command reads every
@@ -39,7 +39,7 @@ def find_runs(sweep_dir: Path) -> dict[str, list[Path]]:
             runs.setdefault(run.parent.name, []).append(run)
     if not runs:
         raise PipelineError(f"{sweep_dir} holds no finished sweep runs (<variant>/seed<k>/metrics.json with a "
-                            "student mIoU); run `python -m pipeline sweep configs/compare_methods.yaml` first")
+                            "student mIoU); run `python -m pipeline sweep configs/sweeps/compare_methods.yaml` first")
     return {variant: sorted(folders, key=lambda p: int(p.name.removeprefix("seed"))) for variant, folders in runs.items()}
 
 

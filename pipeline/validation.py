@@ -9,6 +9,7 @@ import numpy as np
 
 from pipeline.metrics import ConfusionMatrix
 from pipeline.runtime.base import Predictor
+from pipeline.status import Status
 
 
 def tensor_parity(reference: np.ndarray, candidate: np.ndarray, *, rel_floor: float = 1e-3) -> dict[str, float]:
@@ -81,5 +82,5 @@ def verdict(precision: str, metric_label: str, delta: float, tolerance: float,
         setting = "validate.tf32_atol" if precision == "tf32" else "validate.atol"
         broken.append(f"max abs logit difference {max_abs_diff:.2e} > {setting} {atol:g}")
     if not broken:
-        return {"status": "passed"}
-    return {"status": "validation failed", "reason": "; ".join(broken), "hint": _HINTS.get(precision, "")}
+        return {"status": Status.PASSED}
+    return {"status": Status.VALIDATION_FAILED, "reason": "; ".join(broken), "hint": _HINTS.get(precision, "")}

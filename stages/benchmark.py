@@ -16,6 +16,7 @@ from pipeline.backends import backend_plan, open_backend, with_legacy_aliases
 from pipeline.benchmark_table import table_row, write_table
 from pipeline.latency import machine_info, measure_latency
 from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.status import Status
 from stages.deployables import DEPLOY_INPUTS, gpu_provider_settings, run_artifacts, student_factory
 
 
@@ -41,7 +42,7 @@ def run(ctx: StageContext) -> StageResult:
         entry.update(latency_ms=stats.to_dict(), benchmark={
             "batch_size": bench.batch_size, "input_shape": list(images.shape), "warmup": bench.warmup,
             "min_iters": bench.min_iters, "min_seconds": bench.min_seconds, **predictor.describe()})
-        entry.setdefault("status", "passed")
+        entry.setdefault("status", Status.PASSED)
         backends[spec.key] = entry
         print(f"[benchmark] {spec.key}: p50 {stats.p50:.2f} ms, p99 {stats.p99:.2f} ms, {stats.throughput:.1f} img/s")
 

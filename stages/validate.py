@@ -21,6 +21,7 @@ from pipeline.config import PipelineConfig
 from pipeline.data import build_dataset, dataset_info
 from pipeline.runtime import Predictor
 from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.status import Status
 from pipeline.tasks import get_task
 from pipeline.validation import tensor_parity, verdict
 from stages.deployables import DEPLOY_INPUTS, gpu_provider_settings, run_artifacts, student_factory
@@ -92,7 +93,7 @@ def run(ctx: StageContext) -> StageResult:
     reference_logits = reference.predict(inputs)
     reference_summary = task.evaluate_predictions(reference.predict, val_batches(ctx), info).summary()
     backends: dict[str, Any] = {REFERENCE_KEY: {
-        "status": "passed", "backend": "pytorch", "precision": "fp32", "size_bytes": file_size(artifacts["torch"].path),
+        "status": Status.PASSED, "backend": "pytorch", "precision": "fp32", "size_bytes": file_size(artifacts["torch"].path),
         **reference_summary, f"{metric}_delta": 0.0, "max_abs_diff": 0.0, "runtime": reference.describe()}}
 
     for spec in plan[1:]:

@@ -229,6 +229,12 @@ class Runner:
             if not path.is_file():
                 raise PipelineError(f"stage '{stage.name}' declared output '{relative}' but did not write it")
             outputs[name] = {"path": str(relative), "sha256": sha256_file(path)}
+        declared = {f"{stage.name}/{output['path']}" for output in outputs.values()}
+        for entry in result.model_files:
+            # Downstream stages open these files: they must be outputs, so their digests are checked.
+            if entry.path is not None and entry.path not in declared:
+                raise PipelineError(f"stage '{stage.name}' recorded model file '{entry.path}', which is not one of "
+                                    "its declared outputs")
         record = StageRecord(
             stage=stage.name,
             fingerprint=fingerprint,
@@ -237,8 +243,9 @@ class Runner:
             metrics=result.metrics,
             seconds=round(seconds, 3),
             finished_at=_now(),
+            model_files=tuple(result.model_files),
         )
-        atomic_write_json(stage_dir / RECORD_NAME, record.__dict__)
+        atomic_write_json(stage_dir / RECORD_NAME, record.to_dict())
         print(f"[{stage.name}] done in {seconds:.1f} s")
         return record
 

@@ -24,7 +24,7 @@ from pipeline.stage import Stage, StageContext, StageResult
 from pipeline.status import Status
 from pipeline.tasks import get_task
 from pipeline.validation import tensor_parity, verdict
-from stages.deployables import DEPLOY_INPUTS, gpu_provider_settings, run_artifacts, student_factory
+from stages.deployables import DEPLOY_INPUTS, gpu_provider_settings, run_model_files, student_factory
 
 
 def val_batches(ctx: StageContext) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -81,23 +81,24 @@ def parity_atol(config: PipelineConfig, precision: str) -> float | None:
 def run(ctx: StageContext) -> StageResult:
     config = ctx.config
     info = dataset_info(config.data)
-    artifacts = run_artifacts(ctx)
+    files = run_model_files(ctx)
     task = get_task(config.task)
     metric = task.metric
     inputs = parity_inputs(ctx)
     np.save(ctx.dir / "parity_inputs.npy", inputs)
 
     plan = backend_plan(student_factory(ctx), **gpu_provider_settings(config))
-    reference = open_backend(plan[0], artifacts).predictor
+    opened = open_backend(plan[0], files, ctx.run_dir)
+    reference = opened.predictor
     assert plan[0].key == REFERENCE_KEY and reference is not None
     reference_logits = reference.predict(inputs)
     reference_summary = task.evaluate_predictions(reference.predict, val_batches(ctx), info).summary()
     backends: dict[str, Any] = {REFERENCE_KEY: {
-        "status": Status.PASSED, "backend": "pytorch", "precision": "fp32", "size_bytes": file_size(artifacts["torch"].path),
+        "status": Status.PASSED, "backend": "pytorch", "precision": "fp32", "size_bytes": file_size(opened.file),
         **reference_summary, f"{metric}_delta": 0.0, "max_abs_diff": 0.0, "runtime": reference.describe()}}
 
     for spec in plan[1:]:
-        opened = open_backend(spec, artifacts)
+        opened = open_backend(spec, files, ctx.run_dir)
         if opened.predictor is None:
             backends[spec.key] = {**opened.unavailable_row(), "size_bytes": file_size(opened.file)}
             print(f"[validate] {spec.key}: {opened.status} ({opened.reason})")

@@ -62,7 +62,7 @@ def test_the_tensorrt_provider_row_is_tf32_with_its_own_tolerances():
     from stages.validate import miou_tolerance, parity_atol
 
     row = {spec.key: spec for spec in backend_plan(lambda: None)}["onnxruntime-tensorrt-tf32"]
-    assert (row.precision, row.artifact) == ("tf32", "fp32")
+    assert (row.precision, row.model_file) == ("tf32", "fp32")
     config = load_config(None)
     assert parity_atol(config, "tf32") == 1e-2 and parity_atol(config, "fp32") == 1e-4
     assert parity_atol(config, "int8") is None and miou_tolerance(config, "tf32") == 0.1

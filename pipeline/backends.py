@@ -3,19 +3,22 @@
 Validation and benchmarking iterate over :func:`backend_plan`; each entry either opens a
 predictor or says honestly why not: ``skipped`` (this machine lacks the library, the GPU or the
 execution provider; with the install command) or ``export failed`` (the model file for that
-precision could not be produced). Keys are ``<backend>-<precision>``; ``pytorch`` and
-``onnxruntime`` (the FP32 CPU model) are kept as aliases for the original metrics contract.
+precision could not be produced), as the run's :class:`ModelFile` records say. Keys are
+``<backend>-<precision>``; ``pytorch`` and ``onnxruntime`` (the FP32 CPU model) are kept as aliases
+for the original metrics contract.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.model_files import ModelFile
 from pipeline.runtime.base import BackendUnavailable, Predictor
 from pipeline.runtime.provider_options import CUDA_EP, TRT_EP
+from pipeline.status import Status
 
 # metrics.json keys from the first contract, mirrored from their canonical entries.
 LEGACY_ALIASES = {"pytorch": "pytorch-fp32", "onnxruntime": "onnxruntime-fp32"}
@@ -23,21 +26,11 @@ REFERENCE_KEY = "pytorch-fp32"
 
 
 @dataclass(frozen=True)
-class Artifact:
-    """A model file one or more backends run, or why there is none."""
-
-    path: Path | None
-    status: str = "ok"  # "ok" | "export failed" | "skipped"
-    reason: str = ""
-    install_hint: str = ""
-
-
-@dataclass(frozen=True)
 class Backend:
     key: str  # "onnxruntime-int8"
     backend: str  # "onnxruntime", "onnxruntime-cuda", "tensorrt", ...
     precision: str
-    artifact: str  # key into the artifacts mapping ("torch", "fp32", "fp16", "int8", "engine-fp16", ...)
+    model_file: str  # the key of the ModelFile it runs ("torch", "fp32", "fp16", "int8", "engine-fp16", ...)
     make: Callable[[Path | None], Predictor]
 
 
@@ -48,7 +41,7 @@ class OpenedBackend:
     spec: Backend
     predictor: Predictor | None
     file: Path | None = None
-    status: str | None = None  # set when predictor is None
+    status: Status | None = None  # set when predictor is None
     reason: str = ""
     install_hint: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -101,16 +94,18 @@ def backend_plan(torch_model: Callable[[], Any], threads: int | None = None,
     ]
 
 
-def open_backend(spec: Backend, artifacts: dict[str, Artifact]) -> OpenedBackend:
-    """Open ``spec`` on its artifact; never raises for "cannot run here", returns the reason instead."""
-    artifact = artifacts.get(spec.artifact, Artifact(None, "skipped", f"no {spec.artifact} model in this run"))
-    if artifact.status != "ok":
-        return OpenedBackend(spec, None, artifact.path, artifact.status, artifact.reason, artifact.install_hint)
+def open_backend(spec: Backend, files: Mapping[str, ModelFile], run_dir: Path) -> OpenedBackend:
+    """Open ``spec`` on its model file (paths relative to ``run_dir``); never raises for "cannot run
+    here", returns the reason instead."""
+    file = files.get(spec.model_file) or ModelFile.skipped(spec.model_file, f"no {spec.model_file} model in this run")
+    path = file.located(run_dir)
+    if file.status != Status.OK:
+        return OpenedBackend(spec, None, path, file.status, file.reason, file.install_hint)
     try:
-        predictor = spec.make(artifact.path)
+        predictor = spec.make(path)
     except BackendUnavailable as exc:
-        return OpenedBackend(spec, None, artifact.path, "skipped", exc.reason, exc.install_hint)
-    return OpenedBackend(spec, predictor, artifact.path)
+        return OpenedBackend(spec, None, path, Status.SKIPPED, exc.reason, exc.install_hint)
+    return OpenedBackend(spec, predictor, path)
 
 
 def with_legacy_aliases(backends: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

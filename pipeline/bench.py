@@ -19,6 +19,7 @@ import numpy as np
 from pipeline.benchmark_table import table_row, to_markdown, write_table
 from pipeline.latency import machine_info, measure_latency
 from pipeline.runtime import BackendUnavailable, OnnxRuntimePredictor
+from pipeline.status import Status
 
 
 class BenchError(ValueError):
@@ -96,7 +97,7 @@ def bench_onnx(
             stats = measure_latency(lambda: predictor.session.run(None, feed), batch_size=shape[0], warmup=warmup,
                                     min_iters=min_iters, min_seconds=min_seconds)
             rows.append(table_row(f"onnxruntime-{predictor.precision}", {
-                "status": "passed", "backend": "onnxruntime", "precision": predictor.precision,
+                "status": Status.PASSED, "backend": "onnxruntime", "precision": predictor.precision,
                 "size_bytes": path.stat().st_size, "latency_ms": stats.to_dict(),
                 "benchmark": {"input_shape": list(shape), **predictor.describe()}}))
     return rows

@@ -34,6 +34,8 @@ from typing import Any, Literal
 
 import yaml
 
+from pipeline.status import Status
+
 Direction = Literal["higher_is_better", "lower_is_better"]
 FINGERPRINTS = ("config", "dataset", "framework", "hardware")
 BASELINE_SCHEMA = 1
@@ -256,7 +258,7 @@ def skipped_backend(metrics: dict[str, Any], expression: str) -> tuple[str, str]
         parts = key.split(".")
         if parts[0] == "backends" and len(parts) > 1:
             backend = metrics.get("backends", {}).get(parts[1])
-            if isinstance(backend, dict) and backend.get("status") == "skipped":
+            if isinstance(backend, dict) and backend.get("status") == Status.SKIPPED:
                 return parts[1], str(backend.get("reason", "no reason given"))
     return None
 
@@ -322,10 +324,10 @@ def _check_row(check: Check, metrics: dict[str, Any]) -> Row:
     baseline_text = _fmt(check.baseline if check.baseline is not None else check.equals)
     skipped = skipped_backend(metrics, check.metric)
     if skipped and not check.required:
-        return Row(check.metric, baseline_text, "skipped", tolerance, "skip",
+        return Row(check.metric, baseline_text, Status.SKIPPED, tolerance, "skip",
                    f"backend {skipped[0]} skipped on this run ({skipped[1]}); not required")
     if skipped:
-        return Row(check.metric, baseline_text, "skipped", tolerance, "FAIL",
+        return Row(check.metric, baseline_text, Status.SKIPPED, tolerance, "FAIL",
                    f"backend {skipped[0]} is required but this run skipped it: {skipped[1]}")
     try:
         value = resolve(metrics, check.metric)
@@ -440,7 +442,7 @@ def spread_tolerances(reference: dict[str, Any], others: list[dict[str, Any]], k
     return spread
 
 
-FAILED_STATUSES = ("validation failed", "export failed")
+FAILED_STATUSES = (Status.VALIDATION_FAILED, Status.EXPORT_FAILED)
 
 
 def failed_backends(metrics: dict[str, Any]) -> dict[str, str]:
@@ -513,11 +515,12 @@ def _checks_from_run(metrics: dict[str, Any], miou_abs_tol: float, latency_ratio
             checks.append(Check(f"strip.{flag}", equals=metrics["strip"][flag]))
     backends = metrics.get("backends", {})
     for name, backend in backends.items():
-        if not isinstance(backend, dict) or backend.get("status") == "skipped":
+        if not isinstance(backend, dict) or backend.get("status") == Status.SKIPPED:
             continue  # not gated; a GPU machine's baseline can add these with required: true
         prefix = f"backends.{name}"
         if name in failed:
-            checks.append(Check(f"{prefix}.status", equals="passed",
+            # .value: a plain string, as the baseline file holds it (YAML cannot write an enum).
+            checks.append(Check(f"{prefix}.status", equals=Status.PASSED.value,
                                 note=f"written while it was {backend['status']}: fails until it passes"))
             continue
         if "status" in backend:

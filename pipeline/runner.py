@@ -24,6 +24,7 @@ from pipeline.code_deps import code_digest
 from pipeline.config import PipelineConfig, dump_config
 from pipeline.errors import PipelineError, StageFailed
 from pipeline.stage import RECORD_NAME, Stage, StageContext, StageRecord
+from pipeline.status import Status
 
 METRICS_NAME = "metrics.json"
 
@@ -63,7 +64,7 @@ class Runner:
             "config": {key: self.config.section(key) for key in stage.config_keys},
             "code": code_digest([module]),
             "inputs": {
-                name: record_identity(records[name]) if name in records else "disabled"
+                name: record_identity(records[name]) if name in records else Status.DISABLED
                 for name in stage.inputs
             },
         }
@@ -152,11 +153,11 @@ class Runner:
             if main:
                 dump_config(self.config, self.run_dir / "config.yaml")
             records: dict[str, StageRecord] = {}
-            statuses: dict[str, str] = {}
+            statuses: dict[str, Status] = {}
             metrics: dict[str, Any] = {}
             for stage in self.stages:
                 if not stage.enabled(self.config):
-                    statuses[stage.name] = "disabled"
+                    statuses[stage.name] = Status.DISABLED
                     continue
                 record, reason = None, None
                 if main:
@@ -166,12 +167,12 @@ class Runner:
                 record, reason = distributed.broadcast_object((record, reason))
                 if reason is None and record is not None:
                     records[stage.name] = record
-                    statuses[stage.name] = "skipped"
+                    statuses[stage.name] = Status.SKIPPED
                     _say(f"[{stage.name}] up to date, skipped")
                 else:
                     _say(f"[{stage.name}] running ({reason})")
                     records[stage.name] = self._execute(stage, records)
-                    statuses[stage.name] = "ran"
+                    statuses[stage.name] = Status.RAN
                 if main:
                     metrics = self.write_metrics(records, statuses)
                 if stage.name == until:
@@ -217,6 +218,12 @@ class Runner:
             if not path.is_file():
                 raise PipelineError(f"stage '{stage.name}' declared output '{relative}' but did not write it")
             outputs[name] = {"path": str(relative), "sha256": sha256_file(path)}
+        declared = {f"{stage.name}/{output['path']}" for output in outputs.values()}
+        for entry in result.model_files:
+            # Downstream stages open these files: they must be outputs, so their digests are checked.
+            if entry.path is not None and entry.path not in declared:
+                raise PipelineError(f"stage '{stage.name}' recorded model file '{entry.path}', which is not one of "
+                                    "its declared outputs")
         record = StageRecord(
             stage=stage.name,
             fingerprint=fingerprint,
@@ -225,12 +232,13 @@ class Runner:
             metrics=result.metrics,
             seconds=round(seconds, 3),
             finished_at=_now(),
+            model_files=tuple(result.model_files),
         )
-        atomic_write_json(stage_dir / RECORD_NAME, record.__dict__)
+        atomic_write_json(stage_dir / RECORD_NAME, record.to_dict())
         print(f"[{stage.name}] done in {seconds:.1f} s")
         return record
 
-    def write_metrics(self, records: dict[str, StageRecord], statuses: dict[str, str]) -> dict[str, Any]:
+    def write_metrics(self, records: dict[str, StageRecord], statuses: dict[str, Status]) -> dict[str, Any]:
         from pipeline.environment import run_info
 
         metrics: dict[str, Any] = {"run": run_info(self.config), "stages": {}}
@@ -240,7 +248,7 @@ class Runner:
                 metrics = deep_merge(metrics, record.metrics)
                 metrics["stages"][stage.name] = {
                     "seconds": record.seconds,
-                    "status": statuses.get(stage.name, "skipped"),
+                    "status": statuses.get(stage.name, Status.SKIPPED),
                     "fingerprint": record.fingerprint,
                 }
             elif stage.name in statuses:

@@ -13,6 +13,7 @@ from typing import Any
 
 from pipeline.artifacts import read_json
 from pipeline.config import PipelineConfig
+from pipeline.model_files import WHEN_STAGE_OFF, ModelFile
 
 RECORD_NAME = "_complete.json"
 
@@ -40,10 +41,12 @@ class Stage:
 
 @dataclass
 class StageResult:
-    """What a stage produced: files (relative to its folder) and metrics for metrics.json."""
+    """What a stage produced: files (relative to its folder), metrics for metrics.json and, for a stage
+    that makes model files, their records (each "ok" one's path is one of ``outputs``)."""
 
     outputs: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    model_files: tuple[ModelFile, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class StageRecord:
     metrics: dict[str, Any]
     seconds: float
     finished_at: str
+    model_files: tuple[ModelFile, ...] = ()  # a default: records written before there were any still load
 
     @classmethod
     def load(cls, stage_dir: Path) -> "StageRecord | None":
@@ -64,9 +68,14 @@ class StageRecord:
         if not path.is_file():
             return None
         try:
-            return cls(**read_json(path))
-        except (ValueError, TypeError):
+            data = read_json(path)
+            files = tuple(ModelFile.from_dict(entry) for entry in data.pop("model_files", ()))
+            return cls(**data, model_files=files)
+        except (ValueError, TypeError, AttributeError):
             return None  # an unreadable record counts as "not done"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "model_files": [entry.to_dict() for entry in self.model_files]}
 
     def output_path(self, stage_dir: Path, name: str) -> Path:
         return stage_dir / self.outputs[name]["path"]
@@ -102,3 +111,18 @@ class StageContext:
 
     def input_metrics(self, stage_name: str) -> dict[str, Any]:
         return self.input_record(stage_name).metrics
+
+    def model_file(self, key: str) -> ModelFile:
+        """Model file ``key`` as the input stage that made it recorded it ("ok", "export failed", or
+        "skipped" for what that stage's settings left out). When no completed input recorded it, the
+        stage that makes it is switched off: a "skipped" record saying so (an error for the files
+        every run makes, ``torch`` and ``fp32``)."""
+        for name in self.stage.inputs:
+            record = self.records.get(name)
+            for entry in record.model_files if record is not None else ():
+                if entry.key == key:
+                    return entry
+        if key not in WHEN_STAGE_OFF:
+            raise RuntimeError(f"stage '{self.stage.name}' needs the {key} model file, which none of its inputs "
+                               f"({', '.join(self.stage.inputs)}) recorded; run the pipeline without --until")
+        return ModelFile.skipped(key, WHEN_STAGE_OFF[key])

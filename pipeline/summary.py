@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.status import Status
 from pipeline.tables import Table
 
 # metrics-contract v1 keys that mirror a <backend>-<precision> entry (see pipeline/backends.py).
@@ -56,7 +57,7 @@ def backends_table(metrics: dict[str, Any]) -> Table:
                   "p50 ms", "p99 ms", "img/s"], rows)
 
 
-_STATUS_HINTS = {"export failed": "the model file could not be produced; the stage log above it says where, and "
+_STATUS_HINTS = {Status.EXPORT_FAILED: "the model file could not be produced; the stage log above it says where, and "
                                   "`--force <stage> --debug` shows the traceback"}
 
 
@@ -64,7 +65,7 @@ def status_notes(metrics: dict[str, Any]) -> list[str]:
     """One line per backend that did not pass: its status, why, and what to do about it."""
     notes = []
     for name, backend in canonical_backends(metrics).items():
-        if not isinstance(backend, dict) or backend.get("status") in ("passed", "ok", None):
+        if not isinstance(backend, dict) or backend.get("status") in (Status.PASSED, Status.OK, None):
             continue
         hint = backend.get("hint") or backend.get("install_hint") or _STATUS_HINTS.get(backend["status"])
         notes.append(f"{name}: {backend['status']}: {backend.get('reason') or 'no reason recorded'}"

@@ -1,14 +1,51 @@
-"""Parity in two tiers: tensors (one backend's logits against the FP32 reference on the same
-inputs) and task (mIoU of a backend on the validation split)."""
+"""Validation's comparator (as Polygraphy splits a runner, which runs every backend on the same
+inputs, from a comparator): what one backend's outputs are worth against the reference's, in two
+tiers, tensors (logits on the same inputs) and task (the task metric on the validation split), and
+the verdict of a per-precision tolerance policy. Running the backends is the validate stage's part.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from pipeline.config import ValidateConfig
 from pipeline.metrics import ConfusionMatrix
 from pipeline.runtime.base import Predictor
+from pipeline.status import Status
+
+
+@dataclass(frozen=True)
+class BackendRun:
+    """What one backend produced on the validation inputs."""
+
+    logits: np.ndarray  # on the saved parity inputs
+    summary: dict[str, Any]  # the task's figures on the val split (mIoU, per-class IoU, ...)
+    runtime: dict[str, Any]  # the predictor's description (backend, provider, versions)
+    # (input shape, logits) on the seeded random input of each shape checked; empty where none is.
+    shape_logits: tuple[tuple[tuple[int, ...], np.ndarray], ...] = ()
+
+
+@dataclass(frozen=True)
+class TolerancePolicy:
+    """How far a backend may be from the reference, by precision: the task metric may drop by at most
+    ``metric_drop`` points (one-sided: a gain passes); float32-model rows (fp32, tf32) must also match
+    the reference logits within ``logit_atol`` at every shape checked."""
+
+    metric_drop: dict[str, float]
+    logit_atol: dict[str, float]
+
+    @classmethod
+    def from_config(cls, v: ValidateConfig) -> "TolerancePolicy":
+        return cls({"fp32": v.miou_tolerance, "tf32": v.tf32_miou_tolerance, "fp16": v.fp16_miou_tolerance,
+                    "int8": v.int8_miou_tolerance},
+                   {"fp32": v.atol, "tf32": v.tf32_atol})
+
+    def checks_shapes(self, precision: str) -> bool:
+        return precision in self.logit_atol
 
 
 def tensor_parity(reference: np.ndarray, candidate: np.ndarray, *, rel_floor: float = 1e-3) -> dict[str, float]:
@@ -81,5 +118,30 @@ def verdict(precision: str, metric_label: str, delta: float, tolerance: float,
         setting = "validate.tf32_atol" if precision == "tf32" else "validate.atol"
         broken.append(f"max abs logit difference {max_abs_diff:.2e} > {setting} {atol:g}")
     if not broken:
-        return {"status": "passed"}
-    return {"status": "validation failed", "reason": "; ".join(broken), "hint": _HINTS.get(precision, "")}
+        return {"status": Status.PASSED}
+    return {"status": Status.VALIDATION_FAILED, "reason": "; ".join(broken), "hint": _HINTS.get(precision, "")}
+
+
+def compare(reference: BackendRun, candidate: BackendRun, precision: str, policy: TolerancePolicy,
+            metric: str, metric_label: str) -> dict[str, Any]:
+    """The candidate's metrics.json row (less what names the backend): its task figures, its distance
+    from the reference, logit parity (at every shape, for float32-model rows) and the verdict."""
+    parity = tensor_parity(reference.logits, candidate.logits)
+    delta = candidate.summary[metric] - reference.summary[metric]
+    row: dict[str, Any] = {**candidate.summary, f"{metric}_delta": round(delta, 4), **parity,
+                           "runtime": candidate.runtime}
+    worst, atol = None, policy.logit_atol.get(precision)
+    if atol is not None:
+        # The FP32 model must match the reference tensor for tensor, at every shape the dynamic model accepts.
+        row["parity_shapes"] = [shape_parity(shape, ref, cand) for (shape, ref), (_, cand)
+                                in zip(reference.shape_logits, candidate.shape_logits, strict=True)]
+        worst = max([parity["max_abs_diff"], *(p["max_abs_diff"] for p in row["parity_shapes"])])
+        row["max_abs_diff_all_shapes"] = worst
+    row.update(verdict(precision, metric_label, delta, policy.metric_drop[precision], worst, atol))
+    return row
+
+
+def shape_parity(shape: tuple[int, ...], reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
+    parity = tensor_parity(reference, candidate)
+    return {"shape": list(shape), "max_abs_diff": parity["max_abs_diff"],
+            "argmax_agreement": parity["argmax_agreement"]}

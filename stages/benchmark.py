@@ -16,13 +16,14 @@ from pipeline.backends import backend_plan, open_backend, with_legacy_aliases
 from pipeline.benchmark_table import table_row, write_table
 from pipeline.latency import machine_info, measure_latency
 from pipeline.stage import Stage, StageContext, StageResult
-from stages.deployables import DEPLOY_INPUTS, gpu_provider_settings, run_artifacts, student_factory
+from pipeline.status import Status
+from stages.deployables import DEPLOY_INPUTS, gpu_provider_settings, run_model_files, student_factory
 
 
 def run(ctx: StageContext) -> StageResult:
     config = ctx.config
     bench = config.benchmark
-    artifacts = run_artifacts(ctx)
+    files = run_model_files(ctx)
     validated = ctx.input_metrics("validate").get("backends", {})
     size = config.data.image_size
     images = np.random.default_rng(0).standard_normal((bench.batch_size, 3, size, size)).astype(np.float32)
@@ -30,7 +31,7 @@ def run(ctx: StageContext) -> StageResult:
     backends: dict[str, Any] = {}
     for spec in backend_plan(student_factory(ctx), threads=bench.threads, **gpu_provider_settings(ctx.config)):
         entry = dict(validated.get(spec.key, {}))
-        opened = open_backend(spec, artifacts)
+        opened = open_backend(spec, files, ctx.run_dir)
         if opened.predictor is None:
             backends[spec.key] = {**entry, **opened.unavailable_row()}
             print(f"[benchmark] {spec.key}: {opened.status} ({opened.reason})")
@@ -41,7 +42,7 @@ def run(ctx: StageContext) -> StageResult:
         entry.update(latency_ms=stats.to_dict(), benchmark={
             "batch_size": bench.batch_size, "input_shape": list(images.shape), "warmup": bench.warmup,
             "min_iters": bench.min_iters, "min_seconds": bench.min_seconds, **predictor.describe()})
-        entry.setdefault("status", "passed")
+        entry.setdefault("status", Status.PASSED)
         backends[spec.key] = entry
         print(f"[benchmark] {spec.key}: p50 {stats.p50:.2f} ms, p99 {stats.p99:.2f} ms, {stats.throughput:.1f} img/s")
 

@@ -4,19 +4,22 @@ Where TensorRT or CUDA is missing every requested engine is recorded as ``skippe
 reason and the install command (never ``passed``); after installing, re-run with
 ``--force build_engine`` (the stage's fingerprint covers config and code, not the machine).
 Engines are cached by (TensorRT version, GPU, precision, ONNX hash, profile) in
-``engine.cache_dir``, and each has ``<name>.engine.json`` metadata beside it.
+``engine.cache_dir``, and each has ``<name>.engine.json`` metadata beside it. Each requested engine
+is also returned as a :class:`ModelFile` record; its ONNX source is the quantize stage's record of
+it, read through the context.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from pipeline.model_files import ModelFile
 from pipeline.runtime.base import BackendUnavailable
 from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.status import Status
 from pipeline.tensorrt_engine import build_engine, engine_profile, require_tensorrt
-from stages.quantize import quantized_artifact
 
-# Which quantize output each engine precision is built from (strongly typed: precision is in the ONNX;
+# Which quantize model file each engine precision is built from (strongly typed: precision is in the ONNX;
 # the INT8 one is TensorRT's own twin: signed Q/DQ and FP16 outside the quantized convolutions).
 SOURCES = {"fp16": "fp16", "int8": "int8_tensorrt"}
 
@@ -37,23 +40,26 @@ def run(ctx: StageContext) -> StageResult:
         if unavailable is not None:
             engines[precision] = {**unavailable.to_dict(), "profile": profile}
             continue
-        source, record = quantized_artifact(ctx, SOURCES[precision])
-        if source is None:
-            status = "export failed" if record.get("status") == "export failed" else "skipped"
-            engines[precision] = {"status": status, "reason": f"no {precision} ONNX model: {record.get('reason')}"}
+        source = ctx.model_file(SOURCES[precision])
+        if source.status != Status.OK:
+            status = Status.EXPORT_FAILED if source.status == Status.EXPORT_FAILED else Status.SKIPPED
+            engines[precision] = {"status": status, "reason": f"no {precision} ONNX model: {source.reason}"}
             continue
         name = f"student_{precision}.engine"
         try:
-            meta, from_cache = build_engine(source, ctx.dir / name, precision=precision, profile=profile,
-                                            workspace_mb=engine_cfg.workspace_mb, cache_dir=engine_cfg.cache_dir)
+            meta, from_cache = build_engine(source.located(ctx.run_dir), ctx.dir / name, precision=precision,
+                                            profile=profile, workspace_mb=engine_cfg.workspace_mb,
+                                            cache_dir=engine_cfg.cache_dir)
         except Exception as exc:  # noqa: BLE001 - one failed engine must not hide the others
-            engines[precision] = {"status": "export failed", "reason": f"{type(exc).__name__}: {exc}"[:1000]}
+            engines[precision] = {"status": Status.EXPORT_FAILED, "reason": f"{type(exc).__name__}: {exc}"[:1000]}
             continue
         outputs[f"engine-{precision}"] = name
         outputs[f"engine-{precision}-meta"] = f"{name}.json"
-        engines[precision] = {"status": "ok", "path": f"{ctx.stage.name}/{name}", "from_cache": from_cache,
+        engines[precision] = {"status": Status.OK, "path": f"{ctx.stage.name}/{name}", "from_cache": from_cache,
                               "size_bytes": (ctx.dir / name).stat().st_size, **meta.__dict__}
-    return StageResult(outputs=outputs, metrics={"engines": engines})
+    files = tuple(ModelFile.from_metrics(f"engine-{precision}", "tensorrt", precision, entry)
+                  for precision, entry in engines.items())
+    return StageResult(outputs=outputs, metrics={"engines": engines}, model_files=files)
 
 
 STAGE = Stage(

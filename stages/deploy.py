@@ -14,7 +14,7 @@ from typing import Any
 from pipeline.artifacts import atomic_path, atomic_write_json, sha256_file
 from pipeline.data import dataset_info
 from pipeline.stage import Stage, StageContext, StageResult
-from stages.deployables import run_artifacts
+from stages.deployables import run_model_files
 
 SCRIPT = Path(__file__).resolve().parents[1] / "pipeline" / "edge" / "run_onnx.py"
 FILES = {"fp32": "student_fp32.onnx", "fp16": "student_fp16.onnx", "int8": "student_int8.onnx",
@@ -43,13 +43,14 @@ def run(ctx: StageContext) -> StageResult:
     info = dataset_info(config.data)
     outputs: dict[str, str] = {}
     models: dict[str, str] = {}
-    for key, artifact in run_artifacts(ctx).items():
-        if key not in FILES or artifact.path is None:
+    for key, file in run_model_files(ctx).items():
+        path = file.located(ctx.run_dir)
+        if key not in FILES or path is None:
             continue
-        _copy(artifact.path, ctx.dir / FILES[key])
+        _copy(path, ctx.dir / FILES[key])
         outputs[key] = models[key] = FILES[key]
         if key.startswith("engine-"):
-            _copy(artifact.path.with_name(artifact.path.name + ".json"), ctx.dir / f"{FILES[key]}.json")
+            _copy(path.with_name(path.name + ".json"), ctx.dir / f"{FILES[key]}.json")
             outputs[f"{key}-meta"] = f"{FILES[key]}.json"
     _copy(SCRIPT, ctx.dir / "run_onnx.py")
     outputs["script"] = "run_onnx.py"

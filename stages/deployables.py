@@ -8,11 +8,14 @@ from typing import Any
 
 from torch import nn
 
-from pipeline.backends import Artifact
 from pipeline.builders import build_student, load_weights
 from pipeline.config import PipelineConfig
+from pipeline.model_files import ModelFile
 from pipeline.stage import StageContext
-from stages.quantize import quantized_artifact
+
+# The model files of pipeline.backends.backend_plan, as the stages in DEPLOY_INPUTS record them.
+DEPLOYABLE_KEYS = ("torch", "fp32", "int8", "fp16", "engine-fp16", "engine-int8")
+DEPLOY_INPUTS = ("strip", "export_onnx", "quantize", "build_engine")
 
 
 def gpu_provider_settings(config: PipelineConfig) -> dict[str, Any]:
@@ -27,26 +30,6 @@ def student_factory(ctx: StageContext) -> Callable[[], nn.Module]:
     return lambda: load_weights(build_student(ctx.config), ctx.input_path("strip", "student")).eval()
 
 
-def run_artifacts(ctx: StageContext) -> dict[str, Artifact]:
-    """Artifact per key of :func:`pipeline.backends.backend_plan` ("torch", "fp32", "int8", ...)."""
-    artifacts = {"torch": Artifact(ctx.input_path("strip", "student")),
-                 "fp32": Artifact(ctx.input_path("export_onnx", "onnx"))}
-    for label in ("int8", "fp16"):
-        path, record = quantized_artifact(ctx, label)
-        artifacts[label] = Artifact(path) if path is not None else Artifact(
-            None, record.get("status", "skipped"), record.get("reason", ""))
-    engines = ctx.input_metrics("build_engine").get("engines", {}) if ctx.has_input("build_engine") else {}
-    for precision in ("fp16", "int8"):
-        record = engines.get(precision)
-        key = f"engine-{precision}"
-        if record is None:
-            artifacts[key] = Artifact(None, "skipped", f"no TensorRT {precision} engine requested "
-                                                       "(engine.enabled / engine.precisions)")
-        elif record["status"] == "ok":
-            artifacts[key] = Artifact(ctx.input_path("build_engine", key))
-        else:
-            artifacts[key] = Artifact(None, record["status"], record.get("reason", ""), record.get("install_hint", ""))
-    return artifacts
-
-
-DEPLOY_INPUTS = ("strip", "export_onnx", "quantize", "build_engine")
+def run_model_files(ctx: StageContext) -> dict[str, ModelFile]:
+    """Each deployable model file of this run, or why there is none ("skipped", "export failed")."""
+    return {key: ctx.model_file(key) for key in DEPLOYABLE_KEYS}

@@ -18,6 +18,7 @@ from pipeline.builders import build_student, load_weights
 from pipeline.data import dataset_info
 from pipeline.environment import git_sha
 from pipeline.export import export_onnx, simplify_onnx
+from pipeline.model_files import ModelFile
 from pipeline.stage import Stage, StageContext, StageResult
 from pipeline.tasks import get_task
 
@@ -101,7 +102,8 @@ def run(ctx: StageContext) -> StageResult:
     export_metrics["size_bytes"] = path.stat().st_size
     relative = f"{ctx.stage.name}/{path.name}"
     return StageResult(outputs={"onnx": path.name},
-                       metrics={"artifacts": {"onnx": relative}, "export": export_metrics})
+                       metrics={"artifacts": {"onnx": relative}, "export": export_metrics},
+                       model_files=(ModelFile("fp32", relative, "onnx", "fp32", metadata=export_metrics),))
 
 
 STAGE = Stage(

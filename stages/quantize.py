@@ -1,7 +1,8 @@
 """Stage: INT8 (ONNX Runtime static Q/DQ) and FP16 ONNX models from the FP32 export.
 
 Each file is produced independently; one that fails is recorded as ``export failed`` with the
-error (and every backend that needs it reports that status) instead of stopping the run.
+error (and every backend that needs it reports that status) instead of stopping the run. Each is
+also returned as a :class:`ModelFile` record; one the config leaves out is recorded as ``skipped``.
 Calibration uses ``quantize.calibration_images`` training images without augmentation, in the
 model's input normalisation; fewer than 32 gives a warning, printed and recorded.
 """
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.data import build_dataset
+from pipeline.model_files import ModelFile
 from pipeline.quantize import (
     Int8Recipe,
     convert_fp16,
@@ -23,10 +25,15 @@ from pipeline.quantize import (
     reduce_range_here,
 )
 from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.status import Status
 
 INT8_NAME = "student_int8.onnx"
 INT8_TENSORRT_NAME = "student_int8_s8s8.onnx"  # signed activations (TensorRT's Q/DQ), FP16 elsewhere
 FP16_NAME = "student_fp16.onnx"
+PRECISIONS = {"int8": "int8", "int8_tensorrt": "int8", "fp16": "fp16"}  # model file key -> precision
+# Why an output was not made when the config did not ask for it (what validate and benchmark report).
+NOT_ASKED = {"int8": "quantize.int8 is off in the config", "fp16": "quantize.fp16 is off in the config",
+             "int8_tensorrt": "no TensorRT int8 engine requested (engine.enabled / engine.precisions)"}
 
 
 def calibration_images(ctx: StageContext) -> np.ndarray:
@@ -53,10 +60,10 @@ def _attempt(label: str, make: Any) -> dict[str, Any]:
         for warning in caught:
             if "calibration" in str(warning.message).lower():
                 print(f"[quantize] WARNING: {warning.message}")
-        return {"status": "ok", **info}
+        return {"status": Status.OK, **info}
     except Exception as exc:  # noqa: BLE001 - recorded as "export failed" for every backend using it
         print(f"[quantize] {label} FAILED: {type(exc).__name__}: {exc}")
-        return {"status": "export failed", "reason": f"{type(exc).__name__}: {exc}"[:1000]}
+        return {"status": Status.EXPORT_FAILED, "reason": f"{type(exc).__name__}: {exc}"[:1000]}
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -87,23 +94,13 @@ def run(ctx: StageContext) -> StageResult:
     for label, name, make in jobs:
         print(f"[quantize] {label} -> {name}")
         results[label] = _attempt(label, make)
-        if results[label]["status"] == "ok":
+        if results[label]["status"] == Status.OK:
             outputs[label] = name
             results[label]["size_bytes"] = (ctx.dir / name).stat().st_size
             results[label]["path"] = f"{ctx.stage.name}/{name}"
-    return StageResult(outputs=outputs, metrics={"quantize": results})
-
-
-def quantized_artifact(ctx: StageContext, label: str) -> tuple[Path | None, dict[str, Any]]:
-    """(path, record) of one quantize output for downstream stages; path None when not produced."""
-    if not ctx.has_input("quantize"):
-        return None, {"status": "skipped", "reason": "quantize stage disabled in the config"}
-    record = ctx.input_metrics("quantize").get("quantize", {}).get(label)
-    if record is None:
-        return None, {"status": "skipped", "reason": f"quantize.{label.split('_')[0]} is off in the config"}
-    if record["status"] != "ok":
-        return None, record
-    return ctx.input_path("quantize", label), record
+    files = tuple(ModelFile.from_metrics(label, "onnx", precision, results[label]) if label in results
+                  else ModelFile.skipped(label, NOT_ASKED[label]) for label, precision in PRECISIONS.items())
+    return StageResult(outputs=outputs, metrics={"quantize": results}, model_files=files)
 
 
 STAGE = Stage(

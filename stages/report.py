@@ -15,6 +15,7 @@ from pipeline.reporting import html as html_page
 from pipeline.reporting.samples import displayable, predicted_masks, val_samples
 from pipeline.runtime import OnnxRuntimePredictor, TorchPredictor
 from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.status import Status
 from pipeline.summary import backends_table, gap_closure, models_table, status_notes
 from pipeline.tables import Table, markdown_cell
 
@@ -36,7 +37,7 @@ def gated_backends(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Every backend x precision that ran (not skipped), by name; the legacy aliases
     (``pytorch``, ``onnxruntime``) repeat ``pytorch-fp32`` / ``onnxruntime-fp32`` and are left out."""
     return {name: entry for name, entry in metrics.get("backends", {}).items()
-            if "-" in name and isinstance(entry, dict) and entry.get("status") not in ("skipped", None)}
+            if "-" in name and isinstance(entry, dict) and entry.get("status") not in (Status.SKIPPED, None)}
 
 
 def per_class_columns(metrics: dict[str, Any]) -> dict[str, dict[str, float | None]]:

@@ -13,6 +13,7 @@ import torch
 
 from pipeline.artifacts import atomic_torch_save, atomic_write_json
 from pipeline.builders import build_distiller, build_student, build_teacher
+from pipeline.model_files import ModelFile
 from pipeline.models import count_parameters
 from pipeline.stage import Stage, StageContext, StageResult
 
@@ -62,7 +63,9 @@ def run(ctx: StageContext) -> StageResult:
     atomic_torch_save(stripped.state_dict(), ctx.dir / "student.pt")
     atomic_write_json(ctx.dir / "proof.json", proof)
     return StageResult(outputs={"student": "student.pt", "proof": "proof.json"},
-                       metrics={"strip": proof, "student": {"params": proof["student_params"]}})
+                       metrics={"strip": proof, "student": {"params": proof["student_params"]}},
+                       model_files=(ModelFile("torch", f"{ctx.stage.name}/student.pt", "pytorch", "fp32",
+                                              metadata={"params": proof["student_params"]}),))
 
 
 STAGE = Stage(

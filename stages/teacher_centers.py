@@ -3,8 +3,8 @@
 Enabled only when a configured method asks for them (``teacher_centers_request``). One pass of the
 trained teacher over the training images (no augmentation) collects every spatial position of the
 requested feature as a vector (or a seeded uniform subsample of ``max_vectors``), then seeded
-k-means. Writes ``centers.pt`` = {method name: (K, C) tensor}; the distill stage hands each method
-its centres.
+k-means. Writes ``centers.pt`` = {method name: (K, C) tensor}; the distill stage reads it (its
+``load_centers``) and hands each method its centres.
 """
 
 from __future__ import annotations
@@ -72,14 +72,6 @@ def run(ctx: StageContext) -> StageResult:
               f"from {len(vectors)} vectors ({result.iterations} iterations)")
     atomic_torch_save(centers, ctx.dir / CENTERS_NAME)
     return StageResult(outputs={"centers": CENTERS_NAME}, metrics={"teacher_centers": summary})
-
-
-def load_centers(ctx: StageContext) -> dict[str, dict[str, Tensor]]:
-    """Method name -> {"teacher_centers": tensor}, or {} when the stage is off (no method needs them)."""
-    if not ctx.has_input("teacher_centers"):
-        return {}
-    centers = torch.load(ctx.input_path("teacher_centers", "centers"), map_location="cpu", weights_only=True)
-    return {method: {"teacher_centers": tensor} for method, tensor in centers.items()}
 
 
 STAGE = Stage(

@@ -5,7 +5,9 @@ Tensors: max abs / rel logit difference on fixed inputs saved beside the results
 batch sizes of the one dynamic model. Task: the task's metric (mIoU, or top-1 for classification)
 on the val split with a one-sided tolerance per precision (``miou_tolerance`` FP32,
 ``fp16_miou_tolerance``, ``int8_miou_tolerance``). Backends that cannot run here are recorded as
-``skipped`` (reason + install command) or ``export failed``.
+``skipped`` (reason + install command) or ``export failed``. Runner and comparator are apart, as in
+Polygraphy: :func:`run_backend` runs a backend on the inputs, and ``pipeline.validation.compare``
+judges its outputs against the reference's with the tolerance policy.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from pipeline.config import PipelineConfig
 from pipeline.data import build_dataset, dataset_info
 from pipeline.runtime import Predictor
 from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.status import Status
 from pipeline.tasks import get_task
-from pipeline.validation import tensor_parity, verdict
-from stages.deployables import DEPLOY_INPUTS, gpu_provider_settings, run_artifacts, student_factory
+from pipeline.validation import BackendRun, TolerancePolicy, compare
+from stages.deployables import DEPLOY_INPUTS, gpu_provider_settings, run_model_files, student_factory
 
 
 def val_batches(ctx: StageContext) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -55,70 +58,55 @@ def parity_shapes(config: PipelineConfig) -> list[tuple[int, int, int, int]]:
     return [(batch, 3, side, side) for side in sides for batch in config.validate_.parity_batches]
 
 
-def shape_parity(reference: Predictor, candidate: Predictor, shapes: list[tuple[int, int, int, int]]) -> list[dict]:
+def shape_inputs(config: PipelineConfig) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
+    """A seeded random input of each parity shape, the same for every backend."""
     rng = np.random.default_rng(0)
-    results = []
-    for shape in shapes:
-        x = rng.standard_normal(shape).astype(np.float32)
-        parity = tensor_parity(reference.predict(x), candidate.predict(x))
-        results.append({"shape": list(shape), "max_abs_diff": parity["max_abs_diff"],
-                        "argmax_agreement": parity["argmax_agreement"]})
-    return results
+    return [(shape, rng.standard_normal(shape).astype(np.float32)) for shape in parity_shapes(config)]
 
 
-def miou_tolerance(config: PipelineConfig, precision: str) -> float:
-    v = config.validate_
-    return {"fp32": v.miou_tolerance, "tf32": v.tf32_miou_tolerance, "fp16": v.fp16_miou_tolerance,
-            "int8": v.int8_miou_tolerance}[precision]
-
-
-def parity_atol(config: PipelineConfig, precision: str) -> float | None:
-    """Logit tolerance at every shape for float32-model rows; None: the task metric alone decides."""
-    return {"fp32": config.validate_.atol, "tf32": config.validate_.tf32_atol}.get(precision)
+def run_backend(ctx: StageContext, predictor: Predictor, inputs: np.ndarray,
+                shapes: list[tuple[tuple[int, int, int, int], np.ndarray]]) -> BackendRun:
+    """The runner: ``predictor`` on the parity inputs, on the val split (the task's figures), and on
+    each of ``shapes`` (pass none where no comparison needs them)."""
+    logits = predictor.predict(inputs)
+    info = dataset_info(ctx.config.data)
+    summary = get_task(ctx.config.task).evaluate_predictions(predictor.predict, val_batches(ctx), info).summary()
+    shape_logits = tuple((shape, predictor.predict(x)) for shape, x in shapes)
+    return BackendRun(logits, summary, predictor.describe(), shape_logits)
 
 
 def run(ctx: StageContext) -> StageResult:
     config = ctx.config
-    info = dataset_info(config.data)
-    artifacts = run_artifacts(ctx)
+    files = run_model_files(ctx)
     task = get_task(config.task)
     metric = task.metric
+    policy = TolerancePolicy.from_config(config.validate_)
     inputs = parity_inputs(ctx)
     np.save(ctx.dir / "parity_inputs.npy", inputs)
+    shapes = shape_inputs(config)
 
     plan = backend_plan(student_factory(ctx), **gpu_provider_settings(config))
-    reference = open_backend(plan[0], artifacts).predictor
-    assert plan[0].key == REFERENCE_KEY and reference is not None
-    reference_logits = reference.predict(inputs)
-    reference_summary = task.evaluate_predictions(reference.predict, val_batches(ctx), info).summary()
+    opened = open_backend(plan[0], files, ctx.run_dir)
+    assert plan[0].key == REFERENCE_KEY and opened.predictor is not None
+    reference = run_backend(ctx, opened.predictor, inputs, shapes)
     backends: dict[str, Any] = {REFERENCE_KEY: {
-        "status": "passed", "backend": "pytorch", "precision": "fp32", "size_bytes": file_size(artifacts["torch"].path),
-        **reference_summary, f"{metric}_delta": 0.0, "max_abs_diff": 0.0, "runtime": reference.describe()}}
+        "status": Status.PASSED, "backend": "pytorch", "precision": "fp32", "size_bytes": file_size(opened.file),
+        **reference.summary, f"{metric}_delta": 0.0, "max_abs_diff": 0.0, "runtime": reference.runtime}}
 
     for spec in plan[1:]:
-        opened = open_backend(spec, artifacts)
+        opened = open_backend(spec, files, ctx.run_dir)
         if opened.predictor is None:
             backends[spec.key] = {**opened.unavailable_row(), "size_bytes": file_size(opened.file)}
             print(f"[validate] {spec.key}: {opened.status} ({opened.reason})")
             continue
-        predictor = opened.predictor
-        parity = tensor_parity(reference_logits, predictor.predict(inputs))
-        summary = task.evaluate_predictions(predictor.predict, val_batches(ctx), info).summary()
-        delta = summary[metric] - reference_summary[metric]
-        entry: dict[str, Any] = {"backend": spec.backend, "precision": spec.precision,
-                                 "size_bytes": file_size(opened.file), **summary, f"{metric}_delta": round(delta, 4),
-                                 **parity, "runtime": predictor.describe()}
-        worst, atol = None, parity_atol(config, spec.precision)
-        if atol is not None:
-            # The FP32 model must match the reference tensor for tensor, at every shape the dynamic model accepts.
-            entry["parity_shapes"] = shape_parity(reference, predictor, parity_shapes(config))
-            worst = max([parity["max_abs_diff"], *(p["max_abs_diff"] for p in entry["parity_shapes"])])
-            entry["max_abs_diff_all_shapes"] = worst
-        entry.update(verdict(spec.precision, task.metric_label, delta, miou_tolerance(config, spec.precision),
-                             worst, atol))
+        candidate = run_backend(ctx, opened.predictor, inputs, shapes if policy.checks_shapes(spec.precision) else [])
+        entry = {"backend": spec.backend, "precision": spec.precision, "size_bytes": file_size(opened.file),
+                 **compare(reference, candidate, spec.precision, policy, metric, task.metric_label)}
         backends[spec.key] = entry
-        print(f"[validate] {spec.key}: max|diff| {parity['max_abs_diff']:.2e}, {task.metric_label} {summary[metric]:.2f} "
-              f"({delta:+.3f} vs PyTorch) -> {entry['status']}" + (f": {entry['reason']}" if "reason" in entry else ""))
+        delta = candidate.summary[metric] - reference.summary[metric]
+        print(f"[validate] {spec.key}: max|diff| {entry['max_abs_diff']:.2e}, {task.metric_label} "
+              f"{candidate.summary[metric]:.2f} ({delta:+.3f} vs PyTorch) -> {entry['status']}"
+              + (f": {entry['reason']}" if "reason" in entry else ""))
     return StageResult(outputs={"parity_inputs": "parity_inputs.npy"},
                        metrics={"backends": with_legacy_aliases(backends)})
 

@@ -22,7 +22,7 @@ def project_files(module: str) -> set[str]:
 
 @pytest.mark.parametrize("stage, imports", [
     ("stages.quantize", {"pipeline/export.py", "pipeline/quantize.py"}),
-    ("stages.build_engine", {"stages/quantize.py", "pipeline/tensorrt_engine.py"}),
+    ("stages.build_engine", {"pipeline/model_files.py", "pipeline/tensorrt_engine.py"}),
     ("stages.report", {"pipeline/builders.py", "pipeline/data/synthetic.py", "pipeline/runtime/base.py",
                        "pipeline/reporting/html.py"}),
     ("stages.train_teacher", {"pipeline/training.py", "pipeline/models/backbones.py", "pipeline/data/synthetic.py",

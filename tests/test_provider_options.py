@@ -58,13 +58,12 @@ def test_a_predictor_refuses_options_that_do_not_pair_with_its_providers(tmp_pat
 
 def test_the_tensorrt_provider_row_is_tf32_with_its_own_tolerances():
     from pipeline.config import load_config
-    from pipeline.validation import verdict
-    from stages.validate import miou_tolerance, parity_atol
+    from pipeline.validation import TolerancePolicy, verdict
 
     row = {spec.key: spec for spec in backend_plan(lambda: None)}["onnxruntime-tensorrt-tf32"]
-    assert (row.precision, row.artifact) == ("tf32", "fp32")
-    config = load_config(None)
-    assert parity_atol(config, "tf32") == 1e-2 and parity_atol(config, "fp32") == 1e-4
-    assert parity_atol(config, "int8") is None and miou_tolerance(config, "tf32") == 0.1
+    assert (row.precision, row.model_file) == ("tf32", "fp32")
+    policy = TolerancePolicy.from_config(load_config(None).validate_)
+    assert policy.logit_atol == {"tf32": 1e-2, "fp32": 1e-4}
+    assert not policy.checks_shapes("int8") and policy.metric_drop["tf32"] == 0.1
     assert verdict("tf32", "mIoU", 0.0, 0.1, max_abs_diff=3e-3, atol=1e-2) == {"status": "passed"}
     assert "validate.tf32_atol" in verdict("tf32", "mIoU", 0.0, 0.1, max_abs_diff=3e-2, atol=1e-2)["reason"]

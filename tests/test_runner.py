@@ -12,7 +12,8 @@ import pytest
 from pipeline.config import load_config
 from pipeline.environment import cpu_model
 from pipeline.runner import PipelineError, RunLock, Runner
-from pipeline.stage import RECORD_NAME, Stage, StageContext, StageResult
+from pipeline.model_files import ModelFile
+from pipeline.stage import RECORD_NAME, Stage, StageContext, StageRecord, StageResult
 
 CALLS: list[str] = []
 FAIL: set[str] = set()
@@ -137,6 +138,36 @@ def test_metrics_json_merges_stage_metrics_and_timings(tmp_path):
     assert metrics["stages"]["a"]["seconds"] >= 0
     assert len(metrics["run"]["dataset_fingerprint"]) == 64
     assert (tmp_path / "config.yaml").is_file()
+
+
+def _making(path: str):
+    def run(ctx: StageContext) -> StageResult:
+        (ctx.dir / "model.onnx").write_text("graph")
+        return StageResult(outputs={"onnx": "model.onnx"}, model_files=(ModelFile("fp32", path, "onnx", "fp32"),))
+    return run
+
+
+def _reading(ctx: StageContext) -> StageResult:
+    file = ctx.model_file("fp32")
+    (ctx.dir / "out.txt").write_text(file.located(ctx.run_dir).read_text())
+    return StageResult(outputs={"out": "out.txt"})
+
+
+def test_model_files_travel_in_the_completion_record_to_the_stages_that_read_them(tmp_path):
+    stages = [Stage("make", _making("make/model.onnx"), config_keys=("export.opset",)),
+              Stage("use", _reading, inputs=("make",), config_keys=("export.opset",))]
+    Runner(load_config(None), tmp_path, stages).run()
+    assert (tmp_path / "use" / "out.txt").read_text() == "graph"
+    record = StageRecord.load(tmp_path / "make")
+    assert record.model_files == (ModelFile("fp32", "make/model.onnx", "onnx", "fp32"),)
+    assert Runner(load_config(None), tmp_path, stages).plan()[1].action == "skip"
+
+
+def test_a_model_file_that_is_not_a_declared_output_is_refused(tmp_path):
+    stages = [Stage("make", _making("make/elsewhere.onnx"), config_keys=("export.opset",))]
+    with pytest.raises(PipelineError, match="recorded model file 'make/elsewhere.onnx', which is not one of its"):
+        Runner(load_config(None), tmp_path, stages).run()
+    assert not (tmp_path / "make" / RECORD_NAME).exists()
 
 
 def test_metrics_json_names_the_kernels_its_numbers_are_exact_to(tmp_path):

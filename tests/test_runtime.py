@@ -21,7 +21,7 @@ from pipeline.runtime import (
     TorchPredictor,
     available_onnxruntime_providers,
 )
-from pipeline.validation import evaluate_predictor, tensor_parity
+from pipeline.validation import BackendRun, TolerancePolicy, compare, evaluate_predictor, tensor_parity
 
 NUM_CLASSES = 5
 
@@ -176,6 +176,21 @@ def test_tensor_parity_hand_example() -> None:
 def test_tensor_parity_rejects_mismatched_shapes() -> None:
     with pytest.raises(ValueError, match="shape"):
         tensor_parity(np.zeros((1, 2, 3, 3)), np.zeros((1, 2, 3, 4)))
+
+
+def test_the_comparator_judges_a_run_against_the_reference_by_the_tolerance_of_its_precision() -> None:
+    logits = np.zeros((1, 2, 2, 2), np.float32)
+    shape = ((1, 3, 2, 2), logits)
+    reference = BackendRun(logits, {"miou": 50.0}, {"backend": "pytorch"}, (shape, shape))
+    policy = TolerancePolicy({"fp32": 0.05, "int8": 1.0}, {"fp32": 1e-4})
+    off = logits + np.float32(1e-3)
+    fp32 = compare(reference, BackendRun(logits, {"miou": 50.0}, {"backend": "ort"}, (shape, ((1, 3, 2, 2), off))),
+                   "fp32", policy, "miou", "mIoU")
+    assert [p["max_abs_diff"] for p in fp32["parity_shapes"]] == [0.0, pytest.approx(1e-3)]
+    assert fp32["status"] == "validation failed" and "validate.atol" in fp32["reason"]
+    assert fp32["runtime"] == {"backend": "ort"} and fp32["miou_delta"] == 0.0
+    int8 = compare(reference, BackendRun(off, {"miou": 49.2}, {}), "int8", policy, "miou", "mIoU")
+    assert int8["status"] == "passed" and "parity_shapes" not in int8 and int8["miou_delta"] == -0.8
 
 
 class MaskEchoPredictor:

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from pipeline import tensorrt_engine as te
-from pipeline.backends import Artifact, Backend, open_backend
+from pipeline.backends import Backend, open_backend
+from pipeline.model_files import ModelFile
 from pipeline.runtime.base import BackendUnavailable
 from pipeline.tensorrt_engine import (
     EngineIncompatible,
@@ -212,18 +213,24 @@ def test_missing_tensorrt_is_a_skip_with_the_install_command(monkeypatch):
     assert "pip install tensorrt" in err.value.install_hint
 
 
-def test_open_backend_turns_unavailability_into_an_honest_row():
-    def unavailable(_):
+def test_open_backend_turns_unavailability_into_an_honest_row(tmp_path):
+    opened_on = []
+
+    def unavailable(path):
+        opened_on.append(path)
         raise EngineIncompatible("refusing to load the int8 engine: built elsewhere", "rebuild it here")
 
     opened = open_backend(Backend("tensorrt-int8", "tensorrt", "int8", "engine-int8", unavailable),
-                          {"engine-int8": Artifact(Path("x.engine"))})
-    assert opened.predictor is None
+                          {"engine-int8": ModelFile("engine-int8", "build_engine/x.engine")}, tmp_path)
+    assert opened.predictor is None and opened_on == [tmp_path / "build_engine" / "x.engine"]
     assert opened.unavailable_row()["status"] == "skipped"
     assert opened.unavailable_row()["install_hint"] == "rebuild it here"
     failed = open_backend(Backend("onnxruntime-int8", "onnxruntime", "int8", "int8", unavailable),
-                          {"int8": Artifact(None, "export failed", "quantization crashed")})
-    assert failed.status == "export failed" and failed.reason == "quantization crashed"
+                          {"int8": ModelFile("int8", None, status="export failed", reason="quantization crashed")},
+                          tmp_path)
+    assert failed.status == "export failed" and failed.reason == "quantization crashed" and len(opened_on) == 1
+    missing = open_backend(Backend("onnxruntime-fp16", "onnxruntime-cuda", "fp16", "fp16", unavailable), {}, tmp_path)
+    assert (missing.status, missing.reason) == ("skipped", "no fp16 model in this run")
 
 
 class CpuResources:

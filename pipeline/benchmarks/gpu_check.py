@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.status import Status
 from pipeline.tables import Table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +58,7 @@ def run_part(name: str, command: list[str], timeout: float) -> dict[str, Any]:
         tail = (exc.stdout or "")[-2000:] if isinstance(exc.stdout, str) else ""
         return {"part": name, "status": f"timed out after {timeout:.0f} s", "output_tail": tail}
     seconds = round(time.perf_counter() - started, 1)
-    status = "ok" if done.returncode == 0 else f"failed (exit {done.returncode})"
+    status = Status.OK if done.returncode == 0 else f"failed (exit {done.returncode})"
     return {"part": name, "status": status, "seconds": seconds,
             "output_tail": (done.stdout[-2000:] + done.stderr[-2000:]) if done.returncode else ""}
 
@@ -69,8 +70,8 @@ def smoke_rows(run_dir: Path) -> list[list[Any]]:
     for name, backend in metrics.get("backends", {}).items():
         if "-" not in name:
             continue  # legacy aliases repeat the -fp32 rows
-        if backend.get("status") == "skipped":
-            rows.append([f"backend {name}", "skipped", backend.get("reason")])
+        if backend.get("status") == Status.SKIPPED:
+            rows.append([f"backend {name}", Status.SKIPPED, backend.get("reason")])
             continue
         latency = backend.get("latency_ms", {}).get("p50")
         rows.append([f"backend {name}", backend.get("status"),
@@ -105,7 +106,7 @@ def gpu_check(out: Path, device: str, quick: bool, timeout: float) -> tuple[dict
     rows: list[list[Any]] = [[f"part: {p['part']}", p["status"], f"{p.get('seconds', '-')} s"] for p in parts]
     readers = ((parts[0], lambda: smoke_rows(out / "smoke")), (parts[1], lambda: training_rows(out / "gpu_training")))
     for part, read in readers:
-        if part["status"] == "ok":
+        if part["status"] == Status.OK:
             rows += read()
     table = Table(["check", "figure", "detail"], rows)
     markdown = (f"# GPU check\n\n{machine['device']}, torch {machine['torch']} (CUDA {machine['cuda']})\n\n"
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     result, markdown = gpu_check(args.out, device, args.quick, args.timeout)
     print(markdown)
-    return 0 if all(part["status"] == "ok" for part in result["parts"]) else 1
+    return 0 if all(part["status"] == Status.OK for part in result["parts"]) else 1
 
 
 if __name__ == "__main__":

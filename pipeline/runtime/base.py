@@ -12,6 +12,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from pipeline.status import Status
+
 
 @runtime_checkable
 class Predictor(Protocol):
@@ -40,4 +42,4 @@ class BackendUnavailable(RuntimeError):
         super().__init__(f"{reason} (to enable: {install_hint})" if install_hint else reason)
 
     def to_dict(self) -> dict[str, str]:
-        return {"status": "skipped", "reason": self.reason, "install_hint": self.install_hint}
+        return {"status": Status.SKIPPED, "reason": self.reason, "install_hint": self.install_hint}

@@ -1,9 +1,12 @@
 """The errors a user can fix, shared by the command line's one error boundary (:mod:`pipeline.cli`)
-and the modules that raise them; a leaf, so the command line imports them without torch.
-:class:`~pipeline.config.ConfigError` and :class:`~pipeline.gate.GateError` live beside what they
-check."""
+and the modules that raise them, and :class:`BackendUnavailable` (a backend that cannot run on this
+machine: recorded as a skipped row, not raised to the user). A leaf, so the command line and the
+TensorRT builder import them without importing a runtime. :class:`~pipeline.config.ConfigError`
+and :class:`~pipeline.gate.GateError` live beside what they check."""
 
 from __future__ import annotations
+
+from pipeline.status import Status
 
 
 class PipelineError(RuntimeError):
@@ -20,3 +23,15 @@ class StageFailed(PipelineError):
 
 class DatasetLayoutError(FileNotFoundError):
     """The dataset folder does not have the layout its reader expects."""
+
+
+class BackendUnavailable(RuntimeError):
+    """This backend cannot run here; ``reason`` says why and ``install_hint`` what would fix it."""
+
+    def __init__(self, reason: str, install_hint: str = "") -> None:
+        self.reason = reason
+        self.install_hint = install_hint
+        super().__init__(f"{reason} (to enable: {install_hint})" if install_hint else reason)
+
+    def to_dict(self) -> dict[str, str]:
+        return {"status": Status.SKIPPED, "reason": self.reason, "install_hint": self.install_hint}

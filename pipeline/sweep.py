@@ -48,8 +48,9 @@ from pipeline.config import (
     parse_override,
     validate_config,
 )
-from pipeline.runner import PipelineError
+from pipeline.errors import PipelineError
 from pipeline.stage import StageRecord
+from pipeline.status import Status
 from pipeline.tables import markdown_table
 
 TEACHER_STAGE = "train_teacher"
@@ -343,7 +344,7 @@ def train_student(run: SweepRun, teacher_dir: Path, teacher_record: StageRecord)
 
     reuse_teacher(teacher_dir / TEACHER_STAGE, run.run_dir / TEACHER_STAGE, teacher_record)
     metrics = Runner(run.config, run.run_dir, STAGES).run(until=STUDENT_STAGE)
-    if metrics["stages"][TEACHER_STAGE]["status"] != "skipped":
+    if metrics["stages"][TEACHER_STAGE]["status"] != Status.SKIPPED:
         raise RuntimeError(f"{run.run_dir}: the teacher was retrained; its fingerprint should have matched")
     return metrics
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.artifacts import atomic_path, atomic_write_bytes, atomic_write_json, sha256_file
-from pipeline.runtime.base import BackendUnavailable
+from pipeline.errors import BackendUnavailable
 
 if TYPE_CHECKING:
     from pipeline.config import PipelineConfig

@@ -25,7 +25,8 @@ def test_vulture_finds_no_dead_code_in_the_product():
 # runtimes and measurement on those; stages on all of them; orchestration (runner, sweep, gate,
 # command line, benchmark scripts) on top. A new module must be placed in a layer here.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("pipeline", "pipeline.config", "pipeline.registry", "pipeline.artifacts", "pipeline.errors"),
+    ("pipeline", "pipeline.config", "pipeline.registry", "pipeline.artifacts", "pipeline.errors", "pipeline.status",
+     "pipeline.model_files"),
     ("pipeline.data*", "pipeline.models*", "pipeline.distill*", "pipeline.tasks*", "pipeline.metrics",
      "pipeline.environment", "pipeline.distributed"),
     ("pipeline.training", "pipeline.builders", "pipeline.preflight", "pipeline.export", "pipeline.quantize",

@@ -4,16 +4,8 @@ from __future__ import annotations
 
 from pipeline.runtime.base import BackendUnavailable, Predictor
 from pipeline.runtime.onnxruntime_predictor import OnnxRuntimePredictor
+from pipeline.runtime.tensorrt_predictor import TensorRTPredictor
 from pipeline.runtime.torch_predictor import TorchPredictor
-
-
-def __getattr__(name: str):
-    # Lazy: pipeline.tensorrt_engine imports pipeline.runtime.base, so an eager import would be circular.
-    if name == "TensorRTPredictor":
-        from pipeline.runtime.tensorrt_predictor import TensorRTPredictor
-
-        return TensorRTPredictor
-    raise AttributeError(name)
 
 __all__ = [
     "BackendUnavailable",

@@ -12,7 +12,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from pipeline.status import Status
+from pipeline.errors import BackendUnavailable
+
+__all__ = ["BackendUnavailable", "Predictor"]
 
 
 @runtime_checkable
@@ -33,13 +35,3 @@ class Predictor(Protocol):
         ...
 
 
-class BackendUnavailable(RuntimeError):
-    """This backend cannot run here; ``reason`` says why and ``install_hint`` what would fix it."""
-
-    def __init__(self, reason: str, install_hint: str = "") -> None:
-        self.reason = reason
-        self.install_hint = install_hint
-        super().__init__(f"{reason} (to enable: {install_hint})" if install_hint else reason)
-
-    def to_dict(self) -> dict[str, str]:
-        return {"status": Status.SKIPPED, "reason": self.reason, "install_hint": self.install_hint}

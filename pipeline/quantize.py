@@ -1,9 +1,11 @@
 """Lower-precision ONNX models from the FP32 export: INT8 (explicit Q/DQ) and FP16.
 
-INT8 is ONNX Runtime static quantization in QDQ format: symmetric activations and weights,
-per-channel weights, calibrated on real images. Signed INT8 activations and weights (S8S8) are
-what ONNX Runtime recommends as the first choice for QDQ on x86 (VNNI makes them fast) and what
-TensorRT needs (symmetric INT8, zero point 0), so the one file serves both back ends.
+INT8 is ONNX Runtime static quantization in QDQ format, calibrated on real images, with
+symmetric per-channel S8 weights. :class:`Int8Recipe` is the whole recipe, with the config's
+defaults (``QuantizeConfig``): asymmetric U8 activations (U8S8, the fast kind on x86 CPUs), Resize
+and the final classifier kept in float, 7-bit weights where :func:`resolve_reduce_range` says the
+CPU needs them. TensorRT needs symmetric S8 activations, so its model is a twin made from the same
+recipe by :meth:`Int8Recipe.for_tensorrt`.
 
 Two facts about this graph family shape the recipe: ONNX Runtime's pre-processing cannot read a
 ``.data`` side file (our export is single-file), and its symbolic shape inference fails on
@@ -17,7 +19,7 @@ import logging
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ import numpy as np
 import onnx
 
 from pipeline.artifacts import atomic_path
+from pipeline.config import QuantizeConfig
 from pipeline.export import LOGITS_NAME, read_metadata
 
 log = logging.getLogger(__name__)
@@ -39,20 +42,39 @@ class CalibrationWarning(UserWarning):
     """Calibrating on too few images: the INT8 model's accuracy may suffer."""
 
 
+_CONFIG = QuantizeConfig()  # the recipe's defaults are the config's
+
+
 @dataclass(frozen=True)
 class Int8Recipe:
-    """How to quantize; the defaults are the fast, TensorRT-compatible kind (S8S8 symmetric QDQ)."""
+    """How to quantize. The defaults are ``QuantizeConfig``'s (ONNX Runtime on a CPU with VNNI or
+    on ARM); :meth:`from_config` resolves ``reduce_range: auto`` for this CPU."""
 
-    activation_type: str = "qint8"  # "qint8" (S8S8) or "quint8" (U8S8)
-    calibrate_method: str = "minmax"  # "minmax" | "percentile" | "entropy"
-    float_op_types: tuple[str, ...] = ()  # op types left in float, e.g. ("Resize",)
-    float_nodes: tuple[str, ...] = ()  # node names left in float
-    float_classifier: bool = False  # keep the final classifier Conv in float
+    activation_type: str = _CONFIG.activation_type  # "quint8" (U8S8) or "qint8" (S8S8)
+    calibrate_method: str = _CONFIG.calibrate_method  # "minmax" | "percentile" | "entropy"
+    float_op_types: tuple[str, ...] = _CONFIG.float_op_types  # op types left in float
+    float_nodes: tuple[str, ...] = _CONFIG.float_nodes  # node names left in float
+    float_classifier: bool = _CONFIG.float_classifier  # keep the final classifier Conv in float
     # 7-bit weights: on x86 CPUs without VNNI, ONNX Runtime's U8S8 kernels add pairs of u8 x s8
     # products in saturating 16-bit lanes, which full-range weights can overflow.
     reduce_range: bool = False
     reduce_range_reason: str = ""  # why, for metrics and the model's metadata
     batch_size: int = 8  # calibration batch
+
+    @classmethod
+    def from_config(cls, config: QuantizeConfig) -> "Int8Recipe":
+        """The configured recipe, with ``reduce_range`` resolved for the CPU this process runs on."""
+        reduce_range, reason = reduce_range_here(config.reduce_range)
+        return cls(activation_type=config.activation_type, calibrate_method=config.calibrate_method,
+                   float_op_types=config.float_op_types, float_nodes=config.float_nodes,
+                   float_classifier=config.float_classifier, reduce_range=reduce_range,
+                   reduce_range_reason=reason)
+
+    def for_tensorrt(self) -> "Int8Recipe":
+        """The twin TensorRT builds from: symmetric S8 activations (TensorRT's Q/DQ) and full-range
+        weights (its INT8 kernels do not saturate like ONNX Runtime's VNNI-less x86 ones)."""
+        return replace(self, activation_type="qint8", reduce_range=False,
+                       reduce_range_reason="TensorRT twin: always full-range weights")
 
 
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")

@@ -75,20 +75,13 @@ def run(ctx: StageContext) -> StageResult:
     jobs: list[tuple[str, str, Any]] = []
     if q.int8 or needs_tensorrt_twin(ctx):
         calibration = calibration_images(ctx)
-        reduce_range, reason = reduce_range_here(q.reduce_range)
-        print(f"[quantize] INT8 weights: {'7-bit' if reduce_range else '8-bit'} ({reason})")
-        recipe = Int8Recipe(activation_type=q.activation_type, calibrate_method=q.calibrate_method,
-                            float_op_types=q.float_op_types, float_nodes=q.float_nodes,
-                            float_classifier=q.float_classifier, reduce_range=reduce_range,
-                            reduce_range_reason=reason)
+        recipe = Int8Recipe.from_config(q)
+        print(f"[quantize] INT8 weights: {'7-bit' if recipe.reduce_range else '8-bit'} ({recipe.reduce_range_reason})")
         if q.int8:
             jobs.append(("int8", INT8_NAME, lambda: quantize_int8(source, ctx.dir / INT8_NAME, calibration, recipe)))
         if needs_tensorrt_twin(ctx):
-            # TensorRT's INT8 kernels do not saturate like ONNX Runtime's VNNI-less x86 ones: full-range weights.
-            twin = Int8Recipe(**{**recipe.__dict__, "activation_type": "qint8", "reduce_range": False,
-                                 "reduce_range_reason": "TensorRT twin: always full-range weights"})
             jobs.append(("int8_tensorrt", INT8_TENSORRT_NAME, lambda: tensorrt_twin(source, ctx.dir / INT8_TENSORRT_NAME,
-                                                                                   calibration, twin)))
+                                                                                   calibration, recipe.for_tensorrt())))
     if q.fp16:
         jobs.append(("fp16", FP16_NAME, lambda: convert_fp16(source, ctx.dir / FP16_NAME)))
     for label, name, make in jobs:

@@ -62,13 +62,13 @@ def test_the_tensorrt_int8_model_is_int8_convs_and_fp16_everywhere_else(fp32_fil
     # A strongly typed TensorRT network runs each layer in the ONNX's type: FP32 left outside the
     # Q/DQ pairs would make an INT8 + FP32 engine.
     dst = tmp_path / "twin.onnx"
-    quantize_int8(fp32_file, dst, calibration(32), Int8Recipe(activation_type="qint8"))
+    info = quantize_int8(fp32_file, dst, calibration(32), Int8Recipe().for_tensorrt())  # the pipeline's twin
     x = np.random.default_rng(2).standard_normal((2, 3, 32, 32)).astype(np.float32)
     before = run(dst, x)
     assert qdq_float_parts_to_fp16(dst) == {"float_precision": "fp16", "opset": 19}
     model = onnx.shape_inference.infer_shapes(onnx.load(str(dst)))
     producer = {out: node for node in model.graph.node for out in node.output}
-    convs = [node for node in model.graph.node if node.op_type == "Conv"]
+    convs = [node for node in model.graph.node if node.op_type == "Conv" and node.name not in info["float_nodes"]]
     assert convs and all(producer[node.input[0]].op_type == "DequantizeLinear" for node in convs)
     assert all(producer[node.input[1]].op_type == "DequantizeLinear" for node in convs)
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
@@ -206,3 +206,16 @@ def test_bench_cli_uses_metadata_size_and_explains_bad_shapes(fp32_file, capsys)
     assert main(["bench", str(fp32_file), "--shape", "1x3xabc"]) == 2
     assert "not a shape" in capsys.readouterr().err
     assert main(["bench", "missing.onnx"]) == 2
+
+
+def test_the_recipe_defaults_are_the_configs_and_the_tensorrt_twin_is_a_function_of_the_recipe():
+    from pipeline.config import QuantizeConfig
+
+    config, recipe = QuantizeConfig(), Int8Recipe()
+    for key in ("activation_type", "calibrate_method", "float_op_types", "float_nodes", "float_classifier"):
+        assert getattr(recipe, key) == getattr(config, key), key
+    configured = Int8Recipe.from_config(config.model_copy(update={"reduce_range": True, "float_nodes": ("n1",)}))
+    assert configured.reduce_range and configured.float_nodes == ("n1",)
+    twin = configured.for_tensorrt()
+    assert (twin.activation_type, twin.reduce_range) == ("qint8", False)
+    assert twin.float_nodes == ("n1",) and twin.calibrate_method == configured.calibrate_method

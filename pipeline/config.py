@@ -6,7 +6,7 @@ work starts (:class:`ConfigError`).
 
 This module is a leaf: it imports nothing of the project, so reading or gating a run never
 imports torch. Names that registries define (datasets, backbones, tasks, distillation methods and
-their options) are plain strings here; :func:`pipeline.preflight.preflight` checks them, once,
+their options) are plain strings here; :func:`pipeline.orchestration.preflight.preflight` checks them, once,
 before any work.
 """
 

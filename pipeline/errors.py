@@ -1,8 +1,8 @@
-"""The errors a user can fix, shared by the command line's one error boundary (:mod:`pipeline.cli`)
+"""The errors a user can fix, shared by the command line's one error boundary (:mod:`pipeline.orchestration.cli`)
 and the modules that raise them, and :class:`BackendUnavailable` (a backend that cannot run on this
 machine: recorded as a skipped row, not raised to the user). A leaf, so the command line and the
 TensorRT builder import them without importing a runtime. :class:`~pipeline.config.ConfigError`
-and :class:`~pipeline.gate.GateError` live beside what they check."""
+and :class:`~pipeline.orchestration.gate.GateError` live beside what they check."""
 
 from __future__ import annotations
 

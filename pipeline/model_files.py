@@ -2,7 +2,7 @@
 
 strip, export_onnx, quantize and build_engine return these records; the runner keeps them in each
 stage's completion record, and validate, benchmark and deploy read them through
-:meth:`pipeline.stage.StageContext.model_file`, so no stage imports another to learn what exists.
+:meth:`pipeline.orchestration.stage.StageContext.model_file`, so no stage imports another to learn what exists.
 No torch here: completion records are read by the runner and by light tools.
 """
 

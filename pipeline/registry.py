@@ -4,7 +4,7 @@ unknown name with the closest valid one.
 Datasets, backbones, distillation methods and tasks each have one, filled where the thing is
 defined (the model is timm's ``@register_model``); importing a registry's package fills it. This
 module imports nothing of the project, so the config schema can stay a leaf while the checks that
-need the entries run in one preflight step (:mod:`pipeline.preflight`).
+need the entries run in one preflight step (:mod:`pipeline.orchestration.preflight`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The pipeline's stages in run order; each module defines STAGE (see pipeline/stage.py)."""
+"""The pipeline's stages in run order; each module defines STAGE (see pipeline/orchestration/stage.py)."""
 
 from stages import (
     benchmark,

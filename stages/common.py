@@ -12,7 +12,7 @@ from pipeline.builders import data_splits, val_loader
 from pipeline.config import PipelineConfig, TrainConfig
 from pipeline.environment import configure_torch, seed_everything
 from pipeline.models import count_parameters
-from pipeline.stage import StageContext, StageResult
+from pipeline.orchestration.stage import StageContext, StageResult
 from pipeline import distributed
 from pipeline.tasks import get_task
 from pipeline.tasks.segmentation import segmentation_summary  # noqa: F401 - re-exported for stages

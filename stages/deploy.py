@@ -13,7 +13,7 @@ from typing import Any
 
 from pipeline.artifacts import atomic_path, atomic_write_json, sha256_file
 from pipeline.data import dataset_info
-from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.orchestration.stage import Stage, StageContext, StageResult
 from stages.deployables import run_model_files
 
 SCRIPT = Path(__file__).resolve().parents[1] / "pipeline" / "edge" / "run_onnx.py"

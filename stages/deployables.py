@@ -11,16 +11,16 @@ from torch import nn
 from pipeline.builders import build_student, load_weights
 from pipeline.config import PipelineConfig
 from pipeline.model_files import ModelFile
-from pipeline.stage import StageContext
+from pipeline.orchestration.stage import StageContext
 
-# The model files of pipeline.backends.backend_plan, as the stages in DEPLOY_INPUTS record them.
+# The model files of pipeline.runtime.backends.backend_plan, as the stages in DEPLOY_INPUTS record them.
 DEPLOYABLE_KEYS = ("torch", "fp32", "int8", "fp16", "engine-fp16", "engine-int8")
 DEPLOY_INPUTS = ("strip", "export_onnx", "quantize", "build_engine")
 
 
 def gpu_provider_settings(config: PipelineConfig) -> dict[str, Any]:
     """What ONNX Runtime's GPU providers are configured with: the engine profile and a cache folder."""
-    from pipeline.tensorrt_engine import DEFAULT_CACHE_DIR, engine_profile
+    from pipeline.deployment.tensorrt_engine import DEFAULT_CACHE_DIR, engine_profile
 
     cache = Path(config.engine.cache_dir or DEFAULT_CACHE_DIR).expanduser() / "onnxruntime"
     return {"profile": engine_profile(config), "cache_dir": cache}

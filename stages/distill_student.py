@@ -7,7 +7,7 @@ from torch import Tensor
 
 from pipeline.builders import build_distiller, build_student, build_teacher, load_weights
 from pipeline.distill.registry import method_weight
-from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.orchestration.stage import Stage, StageContext, StageResult
 from stages.common import TRAINING_KEYS, run_training, seed_model_init
 
 

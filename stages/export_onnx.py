@@ -17,9 +17,9 @@ import numpy as np
 from pipeline.builders import build_student, load_weights
 from pipeline.data import dataset_info
 from pipeline.environment import git_sha
-from pipeline.export import export_onnx, simplify_onnx
+from pipeline.deployment.export import export_onnx, simplify_onnx
 from pipeline.model_files import ModelFile
-from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.orchestration.stage import Stage, StageContext, StageResult
 from pipeline.tasks import get_task
 
 log = logging.getLogger(__name__)

@@ -17,14 +17,14 @@ import numpy as np
 
 from pipeline.data import build_dataset
 from pipeline.model_files import ModelFile
-from pipeline.quantize import (
+from pipeline.deployment.quantize import (
     Int8Recipe,
     convert_fp16,
     qdq_float_parts_to_fp16,
     quantize_int8,
     reduce_range_here,
 )
-from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.orchestration.stage import Stage, StageContext, StageResult
 from pipeline.status import Status
 
 INT8_NAME = "student_int8.onnx"

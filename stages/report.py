@@ -14,10 +14,10 @@ from pipeline.reporting import charts
 from pipeline.reporting import html as html_page
 from pipeline.reporting.samples import displayable, predicted_masks, val_samples
 from pipeline.runtime import OnnxRuntimePredictor, TorchPredictor
-from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.orchestration.stage import Stage, StageContext, StageResult
 from pipeline.status import Status
-from pipeline.summary import backends_table, gap_closure, models_table, status_notes
-from pipeline.tables import Table, markdown_cell
+from pipeline.orchestration.summary import backends_table, gap_closure, models_table, status_notes
+from pipeline.reporting.tables import Table, markdown_cell
 
 UPSTREAM = ("train_teacher", "train_student_baseline", "distill_student", "strip", "export_onnx", "quantize",
             "build_engine", "validate", "benchmark", "deploy")

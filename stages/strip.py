@@ -15,7 +15,7 @@ from pipeline.artifacts import atomic_torch_save, atomic_write_json
 from pipeline.builders import build_distiller, build_student, build_teacher
 from pipeline.model_files import ModelFile
 from pipeline.models import count_parameters
-from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.orchestration.stage import Stage, StageContext, StageResult
 
 PREFIX = "student."
 

@@ -21,7 +21,7 @@ from pipeline.data import build_dataset
 from pipeline.distill.base import TeacherCentersRequest
 from pipeline.distill.kmeans import kmeans
 from pipeline.environment import configure_torch
-from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.orchestration.stage import Stage, StageContext, StageResult
 
 CENTERS_NAME = "centers.pt"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pipeline.builders import build_student
 from pipeline.data import dataset_info
-from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.orchestration.stage import Stage, StageContext, StageResult
 from pipeline.training import SupervisedObjective
 from stages.common import TRAINING_KEYS, run_training, seed_model_init
 

@@ -6,7 +6,7 @@ batch sizes of the one dynamic model. Task: the task's metric (mIoU, or top-1 fo
 on the val split with a one-sided tolerance per precision (``miou_tolerance`` FP32,
 ``fp16_miou_tolerance``, ``int8_miou_tolerance``). Backends that cannot run here are recorded as
 ``skipped`` (reason + install command) or ``export failed``. Runner and comparator are apart, as in
-Polygraphy: :func:`run_backend` runs a backend on the inputs, and ``pipeline.validation.compare``
+Polygraphy: :func:`run_backend` runs a backend on the inputs, and ``pipeline.measurement.validation.compare``
 judges its outputs against the reference's with the tolerance policy.
 """
 
@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, Subset
 
-from pipeline.backends import REFERENCE_KEY, backend_plan, file_size, open_backend, with_legacy_aliases
+from pipeline.runtime.backends import REFERENCE_KEY, backend_plan, file_size, open_backend, with_legacy_aliases
 from pipeline.config import PipelineConfig
 from pipeline.data import build_dataset, dataset_info
 from pipeline.runtime import Predictor
-from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.orchestration.stage import Stage, StageContext, StageResult
 from pipeline.status import Status
 from pipeline.tasks import get_task
-from pipeline.validation import BackendRun, TolerancePolicy, compare
+from pipeline.measurement.validation import BackendRun, TolerancePolicy, compare
 from stages.deployables import DEPLOY_INPUTS, gpu_provider_settings, run_model_files, student_factory
 
 

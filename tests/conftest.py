@@ -45,7 +45,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def smoke_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The smoke config run once, end to end. Read it; never modify it (use ``smoke_copy``)."""
-    from pipeline.cli import main
+    from pipeline.orchestration.cli import main
 
     shared = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.gate import load_baseline
+from pipeline.orchestration.cli import main
+from pipeline.orchestration.gate import load_baseline
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")

@@ -18,7 +18,7 @@ from pipeline.data import build_dataset, dataset_fingerprint, dataset_info, data
 from pipeline.data.cifar100 import read_class_names as cifar_class_names
 from pipeline.data.cifar100 import read_split
 from pipeline.data.synthetic_classification import CLASS_NAMES, render_classification_sample
-from pipeline.preflight import preflight
+from pipeline.orchestration.preflight import preflight
 
 
 # ------------------------------------------------------------------------------ embedded

@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from pipeline.cli import main
+from pipeline.orchestration.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "classification_smoke.yaml")

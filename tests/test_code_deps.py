@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import code_deps
-from pipeline.code_deps import PROJECT_ROOT, code_digest, dependency_files
+from pipeline.orchestration import code_deps
+from pipeline.orchestration.code_deps import PROJECT_ROOT, code_digest, dependency_files
 from pipeline.config import load_config
-from pipeline.runner import Runner
-from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.orchestration.runner import Runner
+from pipeline.orchestration.stage import Stage, StageContext, StageResult
 
 
 def project_files(module: str) -> set[str]:
@@ -21,8 +21,8 @@ def project_files(module: str) -> set[str]:
 
 
 @pytest.mark.parametrize("stage, imports", [
-    ("stages.quantize", {"pipeline/export.py", "pipeline/quantize.py"}),
-    ("stages.build_engine", {"pipeline/model_files.py", "pipeline/tensorrt_engine.py"}),
+    ("stages.quantize", {"pipeline/deployment/export.py", "pipeline/deployment/quantize.py"}),
+    ("stages.build_engine", {"pipeline/model_files.py", "pipeline/deployment/tensorrt_engine.py"}),
     ("stages.report", {"pipeline/builders.py", "pipeline/data/synthetic.py", "pipeline/runtime/base.py",
                        "pipeline/reporting/html.py"}),
     ("stages.train_teacher", {"pipeline/training.py", "pipeline/models/backbones.py", "pipeline/data/synthetic.py",
@@ -67,7 +67,7 @@ def test_changing_any_module_in_the_chain_changes_the_digest_and_an_unrelated_on
 
 
 STAGE_MODULE = textwrap.dedent("""
-    from pipeline.stage import StageResult
+    from pipeline.orchestration.stage import StageResult
     from pipeline_probe_helper import VALUE
 
     def run(ctx):

@@ -29,13 +29,12 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "pipeline.model_files"),
     ("pipeline.data*", "pipeline.models*", "pipeline.distill*", "pipeline.tasks*", "pipeline.metrics",
      "pipeline.environment", "pipeline.distributed"),
-    ("pipeline.training", "pipeline.builders", "pipeline.preflight", "pipeline.export", "pipeline.quantize",
-     "pipeline.tensorrt_engine", "pipeline.runtime*", "pipeline.backends", "pipeline.validation",
-     "pipeline.latency", "pipeline.bench", "pipeline.edge*", "pipeline.stage", "pipeline.code_deps",
-     "pipeline.tables", "pipeline.benchmark_table", "pipeline.summary", "pipeline.reporting*"),
+    ("pipeline.training", "pipeline.builders", "pipeline.deployment*", "pipeline.runtime*", "pipeline.measurement*",
+     "pipeline.edge*", "pipeline.reporting*", "pipeline.orchestration", "pipeline.orchestration.stage",
+     "pipeline.orchestration.code_deps", "pipeline.orchestration.preflight", "pipeline.orchestration.summary"),
     ("stages*",),
-    ("pipeline.runner", "pipeline.sweep", "pipeline.gate", "pipeline.cli", "pipeline.__main__",
-     "pipeline.benchmarks*"),
+    ("pipeline.orchestration.runner", "pipeline.orchestration.sweep", "pipeline.orchestration.gate",
+     "pipeline.orchestration.cli", "pipeline.__main__", "pipeline.benchmarks*"),
 )
 
 
@@ -121,6 +120,6 @@ def test_no_import_cycle_among_project_modules():
 
 def test_reading_a_config_and_gating_a_run_import_no_torch():
     probe = ("import sys; from pipeline.config import load_config; load_config('configs/default.yaml'); "
-             "import pipeline.gate, pipeline.cli; print('torch' in sys.modules)")
+             "import pipeline.orchestration.gate, pipeline.orchestration.cli; print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from pipeline.benchmarks.compare_methods import main as compare_main
-from pipeline.cli import main
+from pipeline.orchestration.cli import main
 from pipeline.config import load_config
 from pipeline.distill import available_methods
 

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from pipeline.config import ConfigError, PipelineConfig, load_config
-from pipeline.preflight import preflight
+from pipeline.orchestration.preflight import preflight
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -25,8 +25,8 @@ def test_defaults_validate_and_round_trip():
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_every_shipped_config_is_valid(name):
     path = CONFIGS / name
-    if "variants" in (yaml.safe_load(path.read_text()) or {}):  # a sweep file (pipeline/sweep.py)
-        from pipeline.sweep import load_sweep
+    if "variants" in (yaml.safe_load(path.read_text()) or {}):  # a sweep file (pipeline/orchestration/sweep.py)
+        from pipeline.orchestration.sweep import load_sweep
 
         load_sweep(path)
     else:

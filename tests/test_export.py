@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline import export as export_mod
-from pipeline.export import export_onnx, onnx_initializer_names, read_metadata, simplify_onnx
+from pipeline.deployment import export as export_mod
+from pipeline.deployment.export import export_onnx, onnx_initializer_names, read_metadata, simplify_onnx
 
 NUM_CLASSES = 4
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.cli import main
-from pipeline.gate import (
+from pipeline.orchestration.cli import main
+from pipeline.orchestration.gate import (
     Baseline,
     Check,
     GateError,
@@ -205,7 +205,7 @@ def test_spread_runs_widen_exactly_the_trained_numbers_tolerances_to_the_measure
 
 
 def test_spread_runs_of_another_config_are_refused(tmp_path):
-    from pipeline.gate import write_baseline
+    from pipeline.orchestration.gate import write_baseline
 
     for name, epochs, threads in (("a", 2, 1), ("b", 2, 2), ("c", 3, 1)):
         run = tmp_path / name

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from pipeline.builders import build_student
-from pipeline.cli import main
+from pipeline.orchestration.cli import main
 from pipeline.config import load_config
 from pipeline.distill import available_methods
 from pipeline.models import count_parameters

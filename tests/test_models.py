@@ -17,7 +17,7 @@ import torchvision
 from torch import nn
 
 from pipeline.config import ModelConfig
-from pipeline.export import export_onnx
+from pipeline.deployment.export import export_onnx
 from pipeline.models import SegmentationModel, build_segmentation_model, count_parameters, load_pretrained_backbone
 from pipeline.models.backbones import build_backbone
 

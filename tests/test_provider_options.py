@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.backends import backend_plan
+from pipeline.runtime.backends import backend_plan
 from pipeline.runtime.provider_options import CUDA_EP, TRT_EP, provider_options
-from pipeline.tensorrt_engine import profile_shapes
+from pipeline.deployment.tensorrt_engine import profile_shapes
 
 
 def test_the_tensorrt_provider_carries_the_profile_caches_device_and_precision(tmp_path):
@@ -58,7 +58,7 @@ def test_a_predictor_refuses_options_that_do_not_pair_with_its_providers(tmp_pat
 
 def test_the_tensorrt_provider_row_is_tf32_with_its_own_tolerances():
     from pipeline.config import load_config
-    from pipeline.validation import TolerancePolicy, verdict
+    from pipeline.measurement.validation import TolerancePolicy, verdict
 
     row = {spec.key: spec for spec in backend_plan(lambda: None)}["onnxruntime-tensorrt-tf32"]
     assert (row.precision, row.model_file) == ("tf32", "fp32")

@@ -11,9 +11,9 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from pipeline.cli import main
-from pipeline.export import export_onnx, read_metadata
-from pipeline.quantize import (
+from pipeline.orchestration.cli import main
+from pipeline.deployment.export import export_onnx, read_metadata
+from pipeline.deployment.quantize import (
     CalibrationWarning,
     Int8Recipe,
     classifier_nodes,

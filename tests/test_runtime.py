@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.export import export_onnx
-from pipeline.latency import LatencyStats, machine_info, measure_latency
+from pipeline.deployment.export import export_onnx
+from pipeline.measurement.latency import LatencyStats, machine_info, measure_latency
 from pipeline.runtime import (
     BackendUnavailable,
     OnnxRuntimePredictor,
@@ -21,7 +21,7 @@ from pipeline.runtime import (
     TorchPredictor,
     available_onnxruntime_providers,
 )
-from pipeline.validation import BackendRun, TolerancePolicy, compare, evaluate_predictor, tensor_parity
+from pipeline.measurement.validation import BackendRun, TolerancePolicy, compare, evaluate_predictor, tensor_parity
 
 NUM_CLASSES = 5
 

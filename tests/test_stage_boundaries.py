@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.model_files import ModelFile
-from pipeline.stage import Stage, StageContext, StageRecord
+from pipeline.orchestration.stage import Stage, StageContext, StageRecord
 from pipeline.status import Status
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.cli import main
+from pipeline.orchestration.cli import main
 from pipeline.config import ConfigError, load_config
-from pipeline.sweep import load_sweep, run_sweep
+from pipeline.orchestration.sweep import load_sweep, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {  # smoke-sized and smaller: seconds per training
@@ -144,7 +144,7 @@ def test_a_parallel_worker_ends_when_the_sweep_process_dies(tmp_path):
     pid_file = tmp_path / "worker.pid"
     script.write_text(textwrap.dedent(f"""
         import multiprocessing, os, time
-        from pipeline.sweep import _exit_with_parent
+        from pipeline.orchestration.sweep import _exit_with_parent
 
         def work():
             _exit_with_parent()
@@ -182,7 +182,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_parallel_jobs_share_the_cpu_threads():
-    from pipeline.sweep import threads_per_job
+    from pipeline.orchestration.sweep import threads_per_job
 
     assert [threads_per_job(jobs, cpus=8) for jobs in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
 
@@ -267,8 +267,8 @@ def test_the_default_seeds_sweep_is_the_default_pipeline_with_only_the_method_sl
 
 def test_the_tables_state_the_overrides_every_variant_ran_with(tmp_path):
     """The same sweep file gives other figures under other overrides, so sweep.json and sweep.md say them."""
-    from pipeline.sweep import summarise, sweep_markdown
-    from pipeline.stage import StageRecord
+    from pipeline.orchestration.sweep import summarise, sweep_markdown
+    from pipeline.orchestration.stage import StageRecord
 
     sweep = load_sweep(write_sweep(tmp_path), out=tmp_path / "out", overrides=["teacher.train.epochs=3"])
     assert sweep.overrides[-1] == "teacher.train.epochs=3"
@@ -281,8 +281,8 @@ def test_the_tables_state_the_overrides_every_variant_ran_with(tmp_path):
 
 
 def test_gap_closure_uses_the_baseline_variants_mean(tmp_path):
-    from pipeline.sweep import summarise
-    from pipeline.stage import StageRecord
+    from pipeline.orchestration.sweep import summarise
+    from pipeline.orchestration.stage import StageRecord
 
     sweep = load_sweep(write_sweep(tmp_path), out=tmp_path / "out")
     fake = {("baseline", 0): 40.0, ("baseline", 1): 42.0, ("tat", 0): 50.0, ("tat", 1): 52.0}
@@ -305,7 +305,7 @@ def test_a_subset_of_variants_runs_only_those_plus_the_baseline():
 
 
 def test_held_out_seeds_train_new_students_against_the_same_teacher():
-    from pipeline.sweep import teacher_slice
+    from pipeline.orchestration.sweep import teacher_slice
 
     first = load_sweep(ROOT / "configs" / "sweeps" / "ablation_tat.yaml", variants=["patch_anchor"])
     held_out = load_sweep(ROOT / "configs" / "sweeps" / "ablation_tat.yaml", variants=["patch_anchor"], first_seed=3)
@@ -318,7 +318,7 @@ def test_held_out_seeds_train_new_students_against_the_same_teacher():
 
 
 def test_the_loss_label_names_a_distillation_warmup_and_a_train_mode_teacher():
-    from pipeline.sweep import method_label
+    from pipeline.orchestration.sweep import method_label
 
     ramped = load_sweep(ROOT / "configs" / "sweeps" / "ablation_tat_warmup.yaml", variants=["patch_anchor_warmup"])
     labels = {run.variant: method_label(run.config) for run in ramped.runs}

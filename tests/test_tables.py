@@ -3,8 +3,8 @@ neither break a row nor inject markup, nor stop a chart from drawing."""
 
 from __future__ import annotations
 
-from pipeline.summary import backends_table
-from pipeline.tables import Table
+from pipeline.orchestration.summary import backends_table
+from pipeline.reporting.tables import Table
 
 HOSTILE = ["road|lane", "<script>alert(1)</script>", "back\\slash", "two\nlines", "a & b"]
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pipeline.builders import build_distiller, build_student, build_teacher, check_distillation
-from pipeline.preflight import preflight
+from pipeline.orchestration.preflight import preflight
 from pipeline.config import ConfigError, load_config
 from pipeline.distill import available_methods
 
@@ -59,7 +59,7 @@ def test_settings_that_do_not_fit_the_models_fail_before_training(overrides, mes
 
 
 def test_run_command_rejects_a_bad_patch_grid_before_any_work(tmp_path, capsys):
-    from pipeline.cli import main
+    from pipeline.orchestration.cli import main
 
     out = tmp_path / "run"
     assert main(["run", str(SMOKE), "--out", str(out), "data.image_size=32",

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import tensorrt_engine as te
-from pipeline.backends import Backend, open_backend
+from pipeline.deployment import tensorrt_engine as te
+from pipeline.runtime.backends import Backend, open_backend
 from pipeline.model_files import ModelFile
 from pipeline.runtime.base import BackendUnavailable
-from pipeline.tensorrt_engine import (
+from pipeline.deployment.tensorrt_engine import (
     EngineIncompatible,
     EngineMetadata,
     build_engine,

@@ -23,8 +23,8 @@ from typing import Any
 
 from pipeline.artifacts import atomic_write_json, atomic_write_text, read_json
 from pipeline.config import ConfigError, load_config
-from pipeline.runner import METRICS_NAME, PipelineError, Runner
-from pipeline.tables import markdown_table
+from pipeline.orchestration.runner import METRICS_NAME, PipelineError, Runner
+from pipeline.reporting.tables import markdown_table
 
 UNTIL = "benchmark"
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.status import Status
-from pipeline.tables import Table
+from pipeline.reporting.tables import Table
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.benchmarks.common import machine, median_ms, train_step, write_results
-from pipeline.tables import markdown_table
+from pipeline.reporting.tables import markdown_table
 
 
 def part_macs(model: nn.Module, images: Tensor) -> dict[str, float]:

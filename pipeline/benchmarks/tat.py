@@ -34,7 +34,7 @@ import torch
 
 from pipeline.benchmarks.common import machine, median_ms, synchronize, train_step, write_results
 from pipeline.distill.tat import TaTLoss
-from pipeline.tables import markdown_table
+from pipeline.reporting.tables import markdown_table
 
 DEFAULT_POSITIONS = (1024, 4096, 16384)
 

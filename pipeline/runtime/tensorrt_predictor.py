@@ -5,7 +5,7 @@ engine profile's largest shape together with pinned host buffers, and the engine
 stream of its own (TensorRT adds device synchronisations to every call on the default stream);
 all of it is released by :meth:`TensorRTPredictor.close` (or leaving a ``with`` block). Loading
 checks the engine's metadata first and refuses an engine built by another TensorRT version or on
-another GPU (:class:`~pipeline.tensorrt_engine.EngineIncompatible`); a shape outside the engine's
+another GPU (:class:`~pipeline.deployment.tensorrt_engine.EngineIncompatible`); a shape outside the engine's
 profile is refused before it reaches TensorRT.
 """
 
@@ -17,7 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.tensorrt_engine import EngineMetadata, check_compatible, cuda_index, require_tensorrt, shape_in_profile
+from pipeline.deployment.tensorrt_engine import (
+    EngineMetadata,
+    check_compatible,
+    cuda_index,
+    require_tensorrt,
+    shape_in_profile,
+)
 
 
 class CudaResources:

@@ -1,7 +1,7 @@
 """Runs the stage graph: decides what is up to date (fingerprints), runs the rest in order.
 
 A stage's fingerprint hashes its config slice, its code (its module and every project module it
-imports, transitively: pipeline/code_deps.py) and the identity of its inputs (their
+imports, transitively: pipeline/orchestration/code_deps.py) and the identity of its inputs (their
 fingerprints and output digests). A stage whose completion record matches is skipped; before a
 stage runs its old record is removed, and the new one is written last, so an interrupted stage
 never looks done.
@@ -20,10 +20,10 @@ from typing import Any
 
 from pipeline import distributed
 from pipeline.artifacts import atomic_write_json, deep_merge, sha256_file, sha256_json
-from pipeline.code_deps import code_digest
+from pipeline.orchestration.code_deps import code_digest
 from pipeline.config import PipelineConfig, dump_config
 from pipeline.errors import PipelineError, StageFailed
-from pipeline.stage import RECORD_NAME, Stage, StageContext, StageRecord
+from pipeline.orchestration.stage import RECORD_NAME, Stage, StageContext, StageRecord
 from pipeline.status import Status
 
 METRICS_NAME = "metrics.json"

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 
 from pipeline.config import ConfigError, PipelineConfig, load_config
 from pipeline.errors import DatasetLayoutError, PipelineError, StageFailed
-from pipeline.gate import FINGERPRINTS, GateError
-from pipeline.summary import backends_table, gap_closure, models_table, status_notes
+from pipeline.orchestration.gate import FINGERPRINTS, GateError
+from pipeline.orchestration.summary import backends_table, gap_closure, models_table, status_notes
 
 if TYPE_CHECKING:
-    from pipeline.runner import Runner
+    from pipeline.orchestration.runner import Runner
 
 # Only what every command needs is imported here: `gate` and `--help` must not pay for torch.
 
@@ -102,7 +102,7 @@ def run_dir_for(config: PipelineConfig, out: Path | None) -> Path:
 
 
 def make_runner(config: PipelineConfig, out: Path | None) -> "Runner":
-    from pipeline.runner import Runner
+    from pipeline.orchestration.runner import Runner
     from stages import STAGES
 
     return Runner(config, run_dir_for(config, out), STAGES)
@@ -110,7 +110,7 @@ def make_runner(config: PipelineConfig, out: Path | None) -> "Runner":
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline import distributed
-    from pipeline.preflight import preflight
+    from pipeline.orchestration.preflight import preflight
 
     config = load_config(args.config, args.overrides)
     preflight(config, str(args.config))
@@ -141,7 +141,7 @@ def check_dataset(config: PipelineConfig) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from pipeline.preflight import preflight
+    from pipeline.orchestration.preflight import preflight
 
     config = load_config(args.config, args.overrides)
     preflight(config, str(args.config))
@@ -166,7 +166,7 @@ def cmd_methods(_: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from pipeline.sweep import run_sweep, sweep_markdown
+    from pipeline.orchestration.sweep import run_sweep, sweep_markdown
 
     table = run_sweep(args.config, out=args.out, seeds=args.seeds, overrides=args.overrides, variants=args.variants,
                       jobs=args.jobs, first_seed=args.first_seed)
@@ -177,7 +177,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
-    from pipeline.gate import MIOU_ABS_TOL, format_table, gate, write_baseline
+    from pipeline.orchestration.gate import MIOU_ABS_TOL, format_table, gate, write_baseline
 
     if args.write_baseline:
         tolerance = MIOU_ABS_TOL if args.miou_tolerance is None else args.miou_tolerance
@@ -210,7 +210,7 @@ def print_summary(metrics: dict, run_dir: Path, config_path: Path) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from pipeline.bench import BenchError, run_bench
+    from pipeline.measurement.bench import BenchError, run_bench
 
     try:
         _, table = run_bench(args.model, args.shape, args.providers, args.threads, args.warmup, args.min_iters,

@@ -49,9 +49,9 @@ from pipeline.config import (
     validate_config,
 )
 from pipeline.errors import PipelineError
-from pipeline.stage import StageRecord
+from pipeline.orchestration.stage import StageRecord
 from pipeline.status import Status
-from pipeline.tables import markdown_table
+from pipeline.reporting.tables import markdown_table
 
 TEACHER_STAGE = "train_teacher"
 STUDENT_STAGE = "distill_student"
@@ -292,8 +292,8 @@ def run_sweep(
 ) -> dict[str, Any]:
     """Train the teacher once, then every variant x seed (``jobs`` at a time, each in its own process);
     write sweep.json and sweep.md; return the table."""
-    from pipeline.preflight import preflight
-    from pipeline.runner import Runner
+    from pipeline.orchestration.preflight import preflight
+    from pipeline.orchestration.runner import Runner
     from stages import STAGES
 
     if jobs < 1:
@@ -339,7 +339,7 @@ def train_students(sweep: Sweep, runs: tuple[SweepRun, ...], teacher_record: Sta
 
 def train_student(run: SweepRun, teacher_dir: Path, teacher_record: StageRecord) -> dict[str, Any]:
     """One variant x seed up to distill_student, on the sweep's teacher; its metrics."""
-    from pipeline.runner import Runner
+    from pipeline.orchestration.runner import Runner
     from stages import STAGES
 
     reuse_teacher(teacher_dir / TEACHER_STAGE, run.run_dir / TEACHER_STAGE, teacher_record)

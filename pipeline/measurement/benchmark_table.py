@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import atomic_write_json, atomic_write_text
-from pipeline.tables import markdown_table
+from pipeline.reporting.tables import markdown_table
 
 COLUMNS = ("key", "status", "backend", "precision", "provider", "input_shape", "size_mb", "miou", "miou_delta",
            "max_abs_diff", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms", "throughput", "iters", "threads",

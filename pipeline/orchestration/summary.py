@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.status import Status
-from pipeline.tables import Table
+from pipeline.reporting.tables import Table
 
-# metrics-contract v1 keys that mirror a <backend>-<precision> entry (see pipeline/backends.py).
+# metrics-contract v1 keys that mirror a <backend>-<precision> entry (see pipeline/runtime/backends.py).
 LEGACY_BACKEND_ALIASES = {"pytorch": "pytorch-fp32", "onnxruntime": "onnxruntime-fp32"}
 MODEL_ROWS = (("teacher", "teacher"), ("student_baseline", "student (baseline, CE only)"),
               ("student", "student (distilled)"))

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.benchmark_table import table_row, to_markdown, write_table
-from pipeline.latency import machine_info, measure_latency
+from pipeline.measurement.benchmark_table import table_row, to_markdown, write_table
+from pipeline.measurement.latency import machine_info, measure_latency
 from pipeline.runtime import BackendUnavailable, OnnxRuntimePredictor
 from pipeline.status import Status
 
@@ -74,7 +74,7 @@ def bench_onnx(
     min_iters: int = 50,
     min_seconds: float = 2.0,
 ) -> list[dict[str, Any]]:
-    """Benchmark ``path``; returns table rows (see :mod:`pipeline.benchmark_table`)."""
+    """Benchmark ``path``; returns table rows (see :mod:`pipeline.measurement.benchmark_table`)."""
     path = Path(path)
     if not path.is_file():
         raise BenchError(f"{path} does not exist; pass the path of an .onnx file")

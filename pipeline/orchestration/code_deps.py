@@ -20,7 +20,7 @@ import importlib.util
 from collections.abc import Iterable
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PROJECT_PACKAGES = ("pipeline", "stages")
 
 

@@ -28,7 +28,7 @@ import onnx
 
 from pipeline.artifacts import atomic_path
 from pipeline.config import QuantizeConfig
-from pipeline.export import LOGITS_NAME, read_metadata
+from pipeline.deployment.export import LOGITS_NAME, read_metadata
 
 log = logging.getLogger(__name__)
 

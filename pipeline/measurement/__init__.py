@@ -1,0 +1,1 @@
+"""Measurement: latency, the bench command, validation's comparator and benchmark tables."""

@@ -52,6 +52,10 @@ class Registry(Generic[T]):
     def items(self) -> list[tuple[str, T]]:
         return sorted(self._entries.items())
 
+    def entries(self) -> list[T]:
+        """The entries in the order they were registered (where that order means something, e.g. a table's)."""
+        return list(self._entries.values())
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import metrics_contract as keys
 from pipeline.runtime.backends import backend_plan, open_backend, with_legacy_aliases
 from pipeline.measurement.benchmark_table import table_row, write_table
 from pipeline.measurement.latency import machine_info, measure_latency
@@ -58,8 +59,8 @@ def run(ctx: StageContext) -> StageResult:
                     for key, entry in backends.items()}
     return StageResult(outputs={"table_json": "benchmark.json", "table_csv": "benchmark.csv",
                                 "table_md": "benchmark.md"},
-                       metrics={"backends": with_legacy_aliases(latency_only), "machine": machine,
-                                "benchmark": {"settings": settings, "speedups": speedups,
+                       metrics={keys.BACKENDS: with_legacy_aliases(latency_only), keys.MACHINE: machine,
+                                keys.BENCHMARK: {"settings": settings, "speedups": speedups,
                                               "table": f"{ctx.stage.name}/benchmark.md"}})
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline import metrics_contract as keys
 from pipeline.model_files import ModelFile
 from pipeline.runtime.base import BackendUnavailable
 from pipeline.orchestration.stage import Stage, StageContext, StageResult
@@ -59,7 +60,7 @@ def run(ctx: StageContext) -> StageResult:
                               "size_bytes": (ctx.dir / name).stat().st_size, **meta.__dict__}
     files = tuple(ModelFile.from_metrics(f"engine-{precision}", "tensorrt", precision, entry)
                   for precision, entry in engines.items())
-    return StageResult(outputs=outputs, metrics={"engines": engines}, model_files=files)
+    return StageResult(outputs=outputs, metrics={keys.ENGINES: engines}, model_files=files)
 
 
 STAGE = Stage(

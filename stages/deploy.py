@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from pipeline import metrics_contract as keys
 from pipeline.artifacts import atomic_path, atomic_write_json, sha256_file
 from pipeline.data import dataset_info
 from pipeline.orchestration.stage import Stage, StageContext, StageResult
@@ -74,7 +75,7 @@ def run(ctx: StageContext) -> StageResult:
     atomic_write_json(ctx.dir / "meta.json", meta)
     outputs["meta"] = "meta.json"
     print(f"[deploy] bundle in {ctx.dir}: {', '.join(sorted(models.values()))}")
-    return StageResult(outputs=outputs, metrics={"artifacts": {"deploy": ctx.stage.name}})
+    return StageResult(outputs=outputs, metrics={keys.ARTIFACTS: {"deploy": ctx.stage.name}})
 
 
 STAGE = Stage(

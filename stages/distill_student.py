@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from pipeline import metrics_contract as keys
 from pipeline.builders import build_distiller, build_student, build_teacher, load_weights
 from pipeline.distill.registry import method_weight
 from pipeline.orchestration.stage import Stage, StageContext, StageResult
@@ -26,9 +27,9 @@ def run(ctx: StageContext) -> StageResult:
     student = build_student(ctx.config)
     teacher = load_weights(build_teacher(ctx.config), ctx.input_path("train_teacher", "weights"))
     distiller = build_distiller(ctx.config, teacher, student, artifacts=load_centers(ctx))
-    result = run_training(ctx, distiller, ctx.config.student.train, "student", "distill")
+    result = run_training(ctx, distiller, ctx.config.student.train, keys.STUDENT, "distill")
     # The resolved weights, so the record says what was trained even when the config left them out.
-    result.metrics["student"]["methods"] = [{**spec.model_dump(), "weight": method_weight(spec)}
+    result.metrics[keys.STUDENT]["methods"] = [{**spec.model_dump(), "weight": method_weight(spec)}
                                             for spec in ctx.config.distill.methods]
     return result
 

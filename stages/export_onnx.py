@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import metrics_contract as keys
 from pipeline.builders import build_student, load_weights
 from pipeline.data import dataset_info
 from pipeline.environment import git_sha
@@ -25,8 +26,8 @@ from pipeline.tasks import get_task
 log = logging.getLogger(__name__)
 ONNX_NAME = "student.onnx"
 # Whose metrics go into the file's metadata, when those stages ran: (stage, metrics key).
-METRIC_SOURCES = (("train_teacher", "teacher"), ("train_student_baseline", "student_baseline"),
-                  ("distill_student", "student"))
+METRIC_SOURCES = (("train_teacher", keys.TEACHER), ("train_student_baseline", keys.STUDENT_BASELINE),
+                  ("distill_student", keys.STUDENT))
 
 
 def run_metrics(ctx: StageContext) -> dict[str, Any]:
@@ -102,7 +103,7 @@ def run(ctx: StageContext) -> StageResult:
     export_metrics["size_bytes"] = path.stat().st_size
     relative = f"{ctx.stage.name}/{path.name}"
     return StageResult(outputs={"onnx": path.name},
-                       metrics={"artifacts": {"onnx": relative}, "export": export_metrics},
+                       metrics={keys.ARTIFACTS: {"onnx": relative}, keys.EXPORT: export_metrics},
                        model_files=(ModelFile("fp32", relative, "onnx", "fp32", metadata=export_metrics),))
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import metrics_contract as keys
 from pipeline.data import build_dataset
 from pipeline.model_files import ModelFile
 from pipeline.deployment.quantize import (
@@ -93,7 +94,7 @@ def run(ctx: StageContext) -> StageResult:
             results[label]["path"] = f"{ctx.stage.name}/{name}"
     files = tuple(ModelFile.from_metrics(label, "onnx", precision, results[label]) if label in results
                   else ModelFile.skipped(label, NOT_ASKED[label]) for label, precision in PRECISIONS.items())
-    return StageResult(outputs=outputs, metrics={"quantize": results}, model_files=files)
+    return StageResult(outputs=outputs, metrics={keys.QUANTIZE: results}, model_files=files)
 
 
 STAGE = Stage(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from pipeline import metrics_contract as keys
 from pipeline.artifacts import atomic_write_bytes, atomic_write_text, deep_merge
 from pipeline.builders import build_student, build_teacher, load_weights
 from pipeline.data import dataset_info
@@ -22,7 +23,7 @@ from pipeline.reporting.tables import Table, markdown_cell
 UPSTREAM = ("train_teacher", "train_student_baseline", "distill_student", "strip", "export_onnx", "quantize",
             "build_engine", "validate", "benchmark", "deploy")
 TRAINING = (("train_teacher", "teacher"), ("train_student_baseline", "baseline"), ("distill_student", "student"))
-MODEL_COLUMNS = (("teacher", "teacher"), ("student_baseline", "baseline"), ("student", "student"))
+MODEL_COLUMNS = ((keys.TEACHER, "teacher"), (keys.STUDENT_BASELINE, "baseline"), (keys.STUDENT, "student"))
 
 
 def collected_metrics(ctx: StageContext) -> dict[str, Any]:
@@ -138,8 +139,8 @@ def run(ctx: StageContext) -> StageResult:
 
     summary = {"gap_closure_percent": None if closure is None else round(closure, 2)}
     outputs = {"report": "report.md", "html": "report.html", **{name: f"{name}.png" for name in figures}}
-    return StageResult(outputs=outputs, metrics={"distillation": summary,
-                                                 "artifacts": {"report": "report/report.md",
+    return StageResult(outputs=outputs, metrics={keys.DISTILLATION: summary,
+                                                 keys.ARTIFACTS: {"report": "report/report.md",
                                                                "report_html": "report/report.html"}})
 
 

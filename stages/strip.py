@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from pipeline import metrics_contract as keys
 from pipeline.artifacts import atomic_torch_save, atomic_write_json
 from pipeline.builders import build_distiller, build_student, build_teacher
 from pipeline.model_files import ModelFile
@@ -63,7 +64,7 @@ def run(ctx: StageContext) -> StageResult:
     atomic_torch_save(stripped.state_dict(), ctx.dir / "student.pt")
     atomic_write_json(ctx.dir / "proof.json", proof)
     return StageResult(outputs={"student": "student.pt", "proof": "proof.json"},
-                       metrics={"strip": proof, "student": {"params": proof["student_params"]}},
+                       metrics={keys.STRIP: proof, keys.STUDENT: {"params": proof["student_params"]}},
                        model_files=(ModelFile("torch", f"{ctx.stage.name}/student.pt", "pytorch", "fp32",
                                               metadata={"params": proof["student_params"]}),))
 

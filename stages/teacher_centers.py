@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from pipeline import metrics_contract as keys
 from pipeline.artifacts import atomic_torch_save
 from pipeline.builders import build_teacher, load_weights, teacher_centers_requests
 from pipeline.data import build_dataset
@@ -71,7 +72,7 @@ def run(ctx: StageContext) -> StageResult:
         print(f"[teacher_centers] {method}: {request.num_centers} centres of teacher {request.feature} "
               f"from {len(vectors)} vectors ({result.iterations} iterations)")
     atomic_torch_save(centers, ctx.dir / CENTERS_NAME)
-    return StageResult(outputs={"centers": CENTERS_NAME}, metrics={"teacher_centers": summary})
+    return StageResult(outputs={"centers": CENTERS_NAME}, metrics={keys.TEACHER_CENTERS: summary})
 
 
 STAGE = Stage(

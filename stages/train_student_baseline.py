@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pipeline import metrics_contract as keys
 from pipeline.builders import build_student
 from pipeline.data import dataset_info
 from pipeline.orchestration.stage import Stage, StageContext, StageResult
@@ -13,7 +14,7 @@ def run(ctx: StageContext) -> StageResult:
     seed_model_init(ctx.config, ctx.config.student.train)
     student = build_student(ctx.config, with_methods=False)
     objective = SupervisedObjective(student, ignore_index=dataset_info(ctx.config.data).ignore_index)
-    return run_training(ctx, objective, ctx.config.student.train, "student_baseline", "baseline")
+    return run_training(ctx, objective, ctx.config.student.train, keys.STUDENT_BASELINE, "baseline")
 
 
 STAGE = Stage(

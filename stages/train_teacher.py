@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pipeline import metrics_contract as keys
 from pipeline.builders import build_teacher
 from pipeline.data import dataset_info
 from pipeline.orchestration.stage import Stage, StageContext, StageResult
@@ -13,7 +14,7 @@ def run(ctx: StageContext) -> StageResult:
     seed_model_init(ctx.config, ctx.config.teacher.train)
     teacher = build_teacher(ctx.config)
     objective = SupervisedObjective(teacher, ignore_index=dataset_info(ctx.config.data).ignore_index)
-    return run_training(ctx, objective, ctx.config.teacher.train, "teacher", "teacher")
+    return run_training(ctx, objective, ctx.config.teacher.train, keys.TEACHER, "teacher")
 
 
 STAGE = Stage(

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, Subset
 
+from pipeline import metrics_contract as keys
 from pipeline.runtime.backends import REFERENCE_KEY, backend_plan, file_size, open_backend, with_legacy_aliases
 from pipeline.config import PipelineConfig
 from pipeline.data import build_dataset, dataset_info
@@ -108,7 +109,7 @@ def run(ctx: StageContext) -> StageResult:
               f"{candidate.summary[metric]:.2f} ({delta:+.3f} vs PyTorch) -> {entry['status']}"
               + (f": {entry['reason']}" if "reason" in entry else ""))
     return StageResult(outputs={"parity_inputs": "parity_inputs.npy"},
-                       metrics={"backends": with_legacy_aliases(backends)})
+                       metrics={keys.BACKENDS: with_legacy_aliases(backends)})
 
 
 STAGE = Stage(

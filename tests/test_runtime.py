@@ -219,3 +219,14 @@ def test_evaluate_predictor_scores_a_perfect_backend_100() -> None:
     matrix = evaluate_predictor(MaskEchoPredictor(masks, 3), batches, num_classes=3)
     assert matrix.miou() == pytest.approx(100.0)
     assert matrix.matrix.sum() == 3 * 2 * 8 * 8 - 8  # ignored pixels are not counted
+
+
+def test_the_backend_table_is_the_backend_registry_in_registration_order():
+    from pipeline.runtime.backends import BACKENDS, REFERENCE_KEY, backend_plan
+
+    plan = backend_plan(lambda: None)
+    assert [spec.key for spec in plan] == [entry.key for entry in BACKENDS.entries()]
+    assert plan[0].key == REFERENCE_KEY, "the PyTorch reference runs first"
+    assert all(spec.key.endswith(f"-{spec.precision}") for spec in plan), "metrics.json keys: <backend>-<precision>"
+    with pytest.raises(ValueError, match="unknown backend 'onnxruntime-int9'; did you mean 'onnxruntime-int8'"):
+        BACKENDS.get("onnxruntime-int9")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import distributed
+from pipeline import metrics_contract as keys
 from pipeline.artifacts import atomic_write_json, deep_merge, sha256_file, sha256_json
 from pipeline.orchestration.code_deps import code_digest
 from pipeline.config import PipelineConfig, dump_config
@@ -241,7 +242,7 @@ class Runner:
     def write_metrics(self, records: dict[str, StageRecord], statuses: dict[str, Status]) -> dict[str, Any]:
         from pipeline.environment import run_info
 
-        metrics: dict[str, Any] = {"run": run_info(self.config), "stages": {}}
+        metrics: dict[str, Any] = {keys.RUN: run_info(self.config), keys.STAGES: {}}
         for stage in self.stages:
             record = records.get(stage.name)
             if record is not None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.orchestration import code_deps
-from pipeline.orchestration.code_deps import PROJECT_ROOT, code_digest, dependency_files
+from pipeline.orchestration.code_deps import PROJECT_ROOT, code_digest, dependency_files, imported_names
 from pipeline.config import load_config
 from pipeline.orchestration.runner import Runner
 from pipeline.orchestration.stage import Stage, StageContext, StageResult
@@ -102,3 +102,10 @@ def test_a_test_stage_outside_the_project_packages_is_still_fingerprinted():
         return StageResult()
 
     assert len(code_digest([Stage("x", run).run.__module__])) == 64
+
+
+def test_a_string_counts_as_an_import_only_when_it_is_a_dotted_module_path(tmp_path):
+    path = tmp_path / "contract.py"
+    path.write_text('SECTION = "stages"  # a metrics.json key, not an import\nREADER = "pipeline.data.voc"\n')
+    names = imported_names("pipeline.contract", path)
+    assert "stages" not in names and "pipeline.data.voc" in names

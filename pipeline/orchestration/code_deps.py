@@ -3,8 +3,8 @@
 A stage's fingerprint hashes these files, so a change to any module a stage imports, directly or
 through others, however deep, at module level or inside a function, makes the stage stale (as DVC
 tracks a stage's dependencies). Read from the source with ``ast``, nothing is imported. Besides
-``import`` statements, a string constant that names a project module (a registry of lazily
-imported readers, say) counts as an import too.
+``import`` statements, a string constant that names a project module by its dotted path (a
+registry of lazily imported readers, say) counts as an import too.
 
 A package's ``__init__`` counts only where the package itself is imported (``import pkg``,
 ``from pkg import name``), not where it is merely the parent of the module imported: Python runs it
@@ -61,9 +61,9 @@ def imported_names(name: str, path: Path) -> set[str]:
             found.add(base)
             # `from package import name` may name a submodule.
             found.update(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "." in node.value \
                 and node.value.split(".")[0] in PROJECT_PACKAGES and node.value.replace(".", "").isidentifier():
-            found.add(node.value)
+            found.add(node.value)  # a dotted module name, imported lazily (a bare "stages" is just a word)
     return found
 
 

@@ -39,6 +39,10 @@ def bundle_metrics(ctx: StageContext) -> dict[str, Any]:
     return out
 
 
+# What run_onnx.py reads from the model's output, by task.
+OUTPUT_LAYOUTS = {"segmentation": "NCHW float32 class scores (argmax over C: the class mask)",
+                  "classification": "(batch, num_classes) float32 logits, before softmax"}
+
 def run(ctx: StageContext) -> StageResult:
     config = ctx.config
     info = dataset_info(config.data)
@@ -56,7 +60,7 @@ def run(ctx: StageContext) -> StageResult:
     _copy(SCRIPT, ctx.dir / "run_onnx.py")
     outputs["script"] = "run_onnx.py"
     meta = {
-        "task": "segmentation",
+        "task": config.task,
         "class_names": list(info.class_names),
         "num_classes": info.num_classes,
         "ignore_index": info.ignore_index,
@@ -65,7 +69,7 @@ def run(ctx: StageContext) -> StageResult:
         "input_size": [config.data.image_size, config.data.image_size],
         "input": {"name": "images", "layout": "NCHW float32, RGB in [0,1] normalised by mean/std",
                   "dynamic": ["batch", "height", "width"] if config.export.dynamic else []},
-        "output": {"name": "logits", "layout": "NCHW float32 class scores"},
+        "output": {"name": "logits", "layout": OUTPUT_LAYOUTS[config.task]},
         "models": models,
         "sha256": {name: sha256_file(ctx.dir / name) for name in models.values()},
         "metrics": bundle_metrics(ctx),

@@ -44,3 +44,23 @@ def test_exported_classifier_outputs_batch_by_classes_logits_with_task_metadata(
     assert "student_top1" in json.loads(props["metrics"]) and "aspp_channels" not in json.loads(props["student"])
     dims = model.graph.output[0].type.tensor_type.shape.dim
     assert [d.dim_param or d.dim_value for d in dims] == ["batch", int(props["num_classes"])]
+
+
+def test_the_edge_bundle_of_a_classifier_says_so_and_its_script_reports_the_top_classes(run, tmp_path):
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    bundle = run / "deploy"
+    meta = json.loads((bundle / "meta.json").read_text())
+    assert meta["task"] == "classification" and "(batch, num_classes)" in meta["output"]["layout"]
+    done = subprocess.run([sys.executable, str(bundle / "run_onnx.py"), "--model", "student_fp32.onnx", "--shape",
+                           "3x3x32x32", "--out", str(tmp_path / "classes.npy")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    predictions = json.loads(done.stdout)["predictions"]
+    assert len(predictions) == 3 and all(len(top) == 5 for top in predictions)
+    assert all(row[0]["class"] in meta["class_names"] and row[0]["probability"] >= row[1]["probability"]
+               for row in predictions)
+    assert np.load(tmp_path / "classes.npy").shape == (3,)

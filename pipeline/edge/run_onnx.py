@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", type=Path, help="image to segment (needs Pillow); default: random input")
     parser.add_argument("--resize", type=int, help="resize the image to SIDE x SIDE first")
     parser.add_argument("--shape", help="random input shape NxCxHxW (default: 1x3xSxS, S = meta input size)")
-    parser.add_argument("--out", type=Path, help="write the class mask (.npy, or .png with Pillow)")
+    parser.add_argument("--out", type=Path, help="write the class mask (.npy, or .png with Pillow); for a "
+                                                 "classifier, the class id of each image (.npy)")
     parser.add_argument("--benchmark", action="store_true", help="time the model instead of a single run")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--min-iters", type=int, default=50)
@@ -231,20 +232,42 @@ def main(argv: list[str] | None = None) -> int:
     logits = run(x)
     if hasattr(run, "close"):
         run.close()
-    labels = logits.argmax(1).astype(np.uint8)
-    counts = np.bincount(labels.ravel(), minlength=len(meta["class_names"]))
     report["output_shape"] = list(logits.shape)
-    report["pixels_per_class"] = {name: int(n) for name, n in zip(meta["class_names"], counts) if n}
-    if args.out:
-        if args.out.suffix.lower() == ".png":
-            from PIL import Image
-
-            Image.fromarray(labels[0]).save(args.out)
-        else:
-            np.save(args.out, labels)
-        report["mask"] = str(args.out)
+    if meta.get("task", "segmentation") == "classification":
+        report.update(classify(logits, meta["class_names"], args.out))
+    else:
+        report.update(segment(logits, meta["class_names"], args.out))
     print(json.dumps(report, indent=2))
     return 0
+
+
+def segment(logits: np.ndarray, class_names: list[str], out: Path | None) -> dict:
+    """Per-pixel classes: how many pixels each class got; the mask to ``out`` (.png with Pillow, or .npy)."""
+    labels = logits.argmax(1).astype(np.uint8 if len(class_names) <= 256 else np.int32)
+    counts = np.bincount(labels.ravel(), minlength=len(class_names))
+    report: dict = {"pixels_per_class": {name: int(n) for name, n in zip(class_names, counts) if n}}
+    if out:
+        if out.suffix.lower() == ".png":
+            from PIL import Image
+
+            Image.fromarray(labels[0]).save(out)
+        else:
+            np.save(out, labels)
+        report["mask"] = str(out)
+    return report
+
+
+def classify(logits: np.ndarray, class_names: list[str], out: Path | None, top: int = 5) -> dict:
+    """Per image: the top classes with their softmax probabilities; the class ids to ``out`` (.npy)."""
+    shifted = np.exp(logits - logits.max(1, keepdims=True))
+    probabilities = shifted / shifted.sum(1, keepdims=True)
+    best = np.argsort(-probabilities, axis=1)[:, :top]
+    report: dict = {"predictions": [[{"class": class_names[c], "probability": round(float(p[c]), 4)} for c in row]
+                                    for row, p in zip(best, probabilities)]}
+    if out:
+        np.save(out, logits.argmax(1))
+        report["classes"] = str(out)
+    return report
 
 
 if __name__ == "__main__":

@@ -122,6 +122,9 @@ class TrainConfig(StrictModel):
     schedule: Literal["cosine", "poly", "constant"] = "cosine"
     warmup_steps: int = Field(0, ge=0)
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap steps per epoch (smoke runs)")
+    max_images: int | None = Field(None, ge=2, description="train on the first N images of the train split only "
+                                                           "(e.g. students with fewer labels than the teacher had); "
+                                                           "None = all")
     eval_every: int = Field(1, ge=1, description="evaluate on val every N epochs and after the last one (a val "
                                                  "pass costs about half a training epoch on a 2-core CPU)")
     # Lets a sweep vary the student's seed while the teacher (keyed by run.seed) stays the same.

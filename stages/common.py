@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Subset
 
 from pipeline.artifacts import atomic_json_lines, atomic_torch_save
 from pipeline.builders import data_splits, val_loader
@@ -94,6 +95,8 @@ def run_training(ctx: StageContext, objective: nn.Module, train_cfg: TrainConfig
     seed = training_seed(config, train_cfg)
     seed_everything(seed)
     info, train_set, val_set = data_splits(config)
+    if train_cfg.max_images is not None and train_cfg.max_images < len(train_set):
+        train_set = Subset(train_set, range(train_cfg.max_images))
     loader = val_loader(config, val_set)
     kind = get_task(config.task)
     board = tensorboard_writer(ctx, desc) if distributed.is_main() else None

@@ -3,6 +3,7 @@ exactly the weights an uninterrupted run would have."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from pipeline.builders import build_student, data_splits
 from pipeline.config import load_config
+from pipeline.orchestration.cli import main
 from pipeline.training import SupervisedObjective, lr_factor, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,3 +110,13 @@ def test_the_last_quarter_change_is_the_spread_of_the_evaluated_epochs_from_75_p
               for row in history]
     assert last_quarter_change(sparse) == 0.5  # epochs 6 and 8 were evaluated
     assert last_quarter_change(sparse[:1]) is None
+
+
+def test_max_images_trains_on_the_first_images_of_the_train_split_only(tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", str(ROOT / "configs" / "smoke.yaml"), "--out", str(out), "--until", "train_student_baseline",
+                 "data.train_size=64", "teacher.train.epochs=1", "student.train.epochs=1",
+                 "student.train.max_images=32"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["teacher"]["steps"] == 64 // 16, "the teacher trains on the whole split"
+    assert metrics["student_baseline"]["steps"] == 32 // 16, "the student on its first 32 images"

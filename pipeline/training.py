@@ -29,7 +29,6 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
 from pipeline import distributed
-
 from pipeline.artifacts import atomic_torch_save
 from pipeline.config import TrainConfig
 from pipeline.data.transforms import reseed_augmentation, seed_worker

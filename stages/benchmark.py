@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 
 from pipeline import metrics_contract as keys
-from pipeline.runtime.backends import backend_plan, open_backend, with_legacy_aliases
 from pipeline.measurement.benchmark_table import table_row, write_table
 from pipeline.measurement.latency import machine_info, measure_latency
 from pipeline.orchestration.stage import Stage, StageContext, StageResult
+from pipeline.runtime.backends import backend_plan, open_backend, with_legacy_aliases
 from pipeline.status import Status
 from stages.deployables import DEPLOY_INPUTS, gpu_provider_settings, run_model_files, student_factory
 

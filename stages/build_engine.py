@@ -14,11 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline import metrics_contract as keys
-from pipeline.model_files import ModelFile
-from pipeline.runtime.base import BackendUnavailable
-from pipeline.orchestration.stage import Stage, StageContext, StageResult
-from pipeline.status import Status
 from pipeline.deployment.tensorrt_engine import build_engine, engine_profile, require_tensorrt
+from pipeline.model_files import ModelFile
+from pipeline.orchestration.stage import Stage, StageContext, StageResult
+from pipeline.runtime.base import BackendUnavailable
+from pipeline.status import Status
 
 # Which quantize model file each engine precision is built from (strongly typed: precision is in the ONNX;
 # the INT8 one is TensorRT's own twin: signed Q/DQ and FP16 outside the quantized convolutions).

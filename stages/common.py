@@ -8,13 +8,13 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
+from pipeline import distributed
 from pipeline.artifacts import atomic_json_lines, atomic_torch_save
 from pipeline.builders import data_splits, val_loader
 from pipeline.config import PipelineConfig, TrainConfig
 from pipeline.environment import configure_torch, seed_everything
 from pipeline.models import count_parameters
 from pipeline.orchestration.stage import StageContext, StageResult
-from pipeline import distributed
 from pipeline.tasks import get_task
 from pipeline.tasks.segmentation import segmentation_summary  # noqa: F401 - re-exported for stages
 from pipeline.training import SupervisedObjective, TrainingRuntime, evaluate, train

@@ -17,8 +17,8 @@ import numpy as np
 from pipeline import metrics_contract as keys
 from pipeline.builders import build_student, load_weights
 from pipeline.data import dataset_info
-from pipeline.environment import git_sha
 from pipeline.deployment.export import export_onnx, simplify_onnx
+from pipeline.environment import git_sha
 from pipeline.model_files import ModelFile
 from pipeline.orchestration.stage import Stage, StageContext, StageResult
 from pipeline.tasks import get_task

@@ -17,7 +17,6 @@ import numpy as np
 
 from pipeline import metrics_contract as keys
 from pipeline.data import build_dataset
-from pipeline.model_files import ModelFile
 from pipeline.deployment.quantize import (
     Int8Recipe,
     convert_fp16,
@@ -25,6 +24,7 @@ from pipeline.deployment.quantize import (
     quantize_int8,
     reduce_range_here,
 )
+from pipeline.model_files import ModelFile
 from pipeline.orchestration.stage import Stage, StageContext, StageResult
 from pipeline.status import Status
 

@@ -11,14 +11,14 @@ from pipeline import metrics_contract as keys
 from pipeline.artifacts import atomic_write_bytes, atomic_write_text, deep_merge
 from pipeline.builders import build_student, build_teacher, load_weights
 from pipeline.data import dataset_info
+from pipeline.orchestration.stage import Stage, StageContext, StageResult
+from pipeline.orchestration.summary import backends_table, gap_closure, models_table, status_notes
 from pipeline.reporting import charts
 from pipeline.reporting import html as html_page
 from pipeline.reporting.samples import displayable, predicted_masks, val_samples
-from pipeline.runtime import OnnxRuntimePredictor, TorchPredictor
-from pipeline.orchestration.stage import Stage, StageContext, StageResult
-from pipeline.status import Status
-from pipeline.orchestration.summary import backends_table, gap_closure, models_table, status_notes
 from pipeline.reporting.tables import Table, markdown_cell
+from pipeline.runtime import OnnxRuntimePredictor, TorchPredictor
+from pipeline.status import Status
 
 UPSTREAM = ("train_teacher", "train_student_baseline", "distill_student", "strip", "export_onnx", "quantize",
             "build_engine", "validate", "benchmark", "deploy")

@@ -19,14 +19,14 @@ import numpy as np
 from torch.utils.data import DataLoader, Subset
 
 from pipeline import metrics_contract as keys
-from pipeline.runtime.backends import REFERENCE_KEY, backend_plan, file_size, open_backend, with_legacy_aliases
 from pipeline.config import PipelineConfig
 from pipeline.data import build_dataset, dataset_info
-from pipeline.runtime import Predictor
+from pipeline.measurement.validation import BackendRun, TolerancePolicy, compare
 from pipeline.orchestration.stage import Stage, StageContext, StageResult
+from pipeline.runtime import Predictor
+from pipeline.runtime.backends import REFERENCE_KEY, backend_plan, file_size, open_backend, with_legacy_aliases
 from pipeline.status import Status
 from pipeline.tasks import get_task
-from pipeline.measurement.validation import BackendRun, TolerancePolicy, compare
 from stages.deployables import DEPLOY_INPUTS, gpu_provider_settings, run_model_files, student_factory
 
 

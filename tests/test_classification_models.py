@@ -8,8 +8,8 @@ import torch
 import torchvision
 from torch import nn
 
-from pipeline.distill import Distiller, build_method, feature_info
 from pipeline.config import MethodSpec
+from pipeline.distill import Distiller, build_method, feature_info
 from pipeline.models.classification import build_classification_model, load_pretrained_classifier
 
 K = 7

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.config import load_config
 from pipeline.orchestration import code_deps
 from pipeline.orchestration.code_deps import PROJECT_ROOT, code_digest, dependency_files, imported_names
-from pipeline.config import load_config
 from pipeline.orchestration.runner import Runner
 from pipeline.orchestration.stage import Stage, StageContext, StageResult
 

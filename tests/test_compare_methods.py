@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from pipeline.benchmarks.compare_methods import main as compare_main
-from pipeline.orchestration.cli import main
 from pipeline.config import load_config
 from pipeline.distill import available_methods
+from pipeline.orchestration.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPARE = ROOT / "configs" / "sweeps" / "compare_methods.yaml"

@@ -14,14 +14,14 @@ import numpy as np
 import onnx
 import pytest
 
-from pipeline.runtime.backends import LEGACY_ALIASES
-from pipeline.measurement.benchmark_table import COLUMNS
 from pipeline.builders import build_distiller, build_student, build_teacher
-from pipeline.orchestration.cli import main
 from pipeline.config import load_config
 from pipeline.deployment.export import onnx_initializer_names
-from pipeline.models import count_parameters
 from pipeline.deployment.tensorrt_engine import installed_tensorrt_version
+from pipeline.measurement.benchmark_table import COLUMNS
+from pipeline.models import count_parameters
+from pipeline.orchestration.cli import main
+from pipeline.runtime.backends import LEGACY_ALIASES
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")

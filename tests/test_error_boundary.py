@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.orchestration.cli import main
 from pipeline.config import DataConfig
 from pipeline.data.check import check_dataset_files
+from pipeline.measurement.validation import verdict
+from pipeline.orchestration.cli import main
 from pipeline.orchestration.runner import PipelineError
 from pipeline.orchestration.stage import RECORD_NAME
 from pipeline.orchestration.summary import status_notes
-from pipeline.measurement.validation import verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")

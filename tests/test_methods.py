@@ -235,7 +235,6 @@ def test_relation_methods_refuse_a_batch_of_one():
 
 def test_unknown_option_names_the_method_and_suggests():
     from pipeline.config import ConfigError
-
     from pipeline.orchestration.preflight import preflight
 
     with pytest.raises(ConfigError, match="did you mean 'num_templates'"):

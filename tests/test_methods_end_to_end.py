@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from pipeline.builders import build_student
-from pipeline.orchestration.cli import main
 from pipeline.config import load_config
 from pipeline.distill import available_methods
 from pipeline.models import count_parameters
+from pipeline.orchestration.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_datasets_real import write_voc
 
 from pipeline.config import load_config
-from test_datasets_real import write_voc
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "paper"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.deployment.tensorrt_engine import profile_shapes
 from pipeline.runtime.backends import backend_plan
 from pipeline.runtime.provider_options import CUDA_EP, TRT_EP, provider_options
-from pipeline.deployment.tensorrt_engine import profile_shapes
 
 
 def test_the_tensorrt_provider_carries_the_profile_caches_device_and_precision(tmp_path):

@@ -11,7 +11,6 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from pipeline.orchestration.cli import main
 from pipeline.deployment.export import export_onnx, read_metadata
 from pipeline.deployment.quantize import (
     CalibrationWarning,
@@ -22,6 +21,7 @@ from pipeline.deployment.quantize import (
     quantize_int8,
     resolve_reduce_range,
 )
+from pipeline.orchestration.cli import main
 from stages.export_onnx import simplify_if_equivalent
 from tests.test_export import toy_net
 

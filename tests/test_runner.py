@@ -11,8 +11,8 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.environment import cpu_model
-from pipeline.orchestration.runner import PipelineError, RunLock, Runner
 from pipeline.model_files import ModelFile
+from pipeline.orchestration.runner import PipelineError, RunLock, Runner
 from pipeline.orchestration.stage import RECORD_NAME, Stage, StageContext, StageRecord, StageResult
 
 CALLS: list[str] = []

@@ -14,6 +14,7 @@ from torch import nn
 
 from pipeline.deployment.export import export_onnx
 from pipeline.measurement.latency import LatencyStats, machine_info, measure_latency
+from pipeline.measurement.validation import BackendRun, TolerancePolicy, compare, evaluate_predictor, tensor_parity
 from pipeline.runtime import (
     BackendUnavailable,
     OnnxRuntimePredictor,
@@ -21,7 +22,6 @@ from pipeline.runtime import (
     TorchPredictor,
     available_onnxruntime_providers,
 )
-from pipeline.measurement.validation import BackendRun, TolerancePolicy, compare, evaluate_predictor, tensor_parity
 
 NUM_CLASSES = 5
 

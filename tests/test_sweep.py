@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.orchestration.cli import main
 from pipeline.config import ConfigError, load_config
+from pipeline.orchestration.cli import main
 from pipeline.orchestration.sweep import load_sweep, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -267,8 +267,8 @@ def test_the_default_seeds_sweep_is_the_default_pipeline_with_only_the_method_sl
 
 def test_the_tables_state_the_overrides_every_variant_ran_with(tmp_path):
     """The same sweep file gives other figures under other overrides, so sweep.json and sweep.md say them."""
-    from pipeline.orchestration.sweep import summarise, sweep_markdown
     from pipeline.orchestration.stage import StageRecord
+    from pipeline.orchestration.sweep import summarise, sweep_markdown
 
     sweep = load_sweep(write_sweep(tmp_path), out=tmp_path / "out", overrides=["teacher.train.epochs=3"])
     assert sweep.overrides[-1] == "teacher.train.epochs=3"
@@ -281,8 +281,8 @@ def test_the_tables_state_the_overrides_every_variant_ran_with(tmp_path):
 
 
 def test_gap_closure_uses_the_baseline_variants_mean(tmp_path):
-    from pipeline.orchestration.sweep import summarise
     from pipeline.orchestration.stage import StageRecord
+    from pipeline.orchestration.sweep import summarise
 
     sweep = load_sweep(write_sweep(tmp_path), out=tmp_path / "out")
     fake = {("baseline", 0): 40.0, ("baseline", 1): 42.0, ("tat", 0): 50.0, ("tat", 1): 52.0}

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from pipeline.builders import build_distiller, build_student, build_teacher, check_distillation
-from pipeline.orchestration.preflight import preflight
 from pipeline.config import ConfigError, load_config
 from pipeline.distill import available_methods
+from pipeline.orchestration.preflight import preflight
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"

@@ -12,9 +12,6 @@ import numpy as np
 import pytest
 
 from pipeline.deployment import tensorrt_engine as te
-from pipeline.runtime.backends import Backend, open_backend
-from pipeline.model_files import ModelFile
-from pipeline.runtime.base import BackendUnavailable
 from pipeline.deployment.tensorrt_engine import (
     EngineIncompatible,
     EngineMetadata,
@@ -25,6 +22,9 @@ from pipeline.deployment.tensorrt_engine import (
     profile_shapes,
     shape_in_profile,
 )
+from pipeline.model_files import ModelFile
+from pipeline.runtime.backends import Backend, open_backend
+from pipeline.runtime.base import BackendUnavailable
 
 
 def meta(**changes) -> EngineMetadata:

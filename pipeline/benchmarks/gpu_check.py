@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.status import Status
 from pipeline.reporting.tables import Table
+from pipeline.status import Status
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"

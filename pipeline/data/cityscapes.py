@@ -15,7 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.files import DatasetLayoutError, Sample, SegmentationFiles, pair_by_stem, read_index_png, require, require_root
+from pipeline.data.files import (
+    DatasetLayoutError,
+    Sample,
+    SegmentationFiles,
+    pair_by_stem,
+    read_index_png,
+    require,
+    require_root,
+)
 from pipeline.data.transforms import IGNORE_INDEX
 
 CLASS_NAMES: tuple[str, ...] = (

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from pipeline.config import AugmentConfig
-from pipeline.data.transforms import A, MEAN, STD, ToTensorV2, cv2, train_transform
+from pipeline.data.transforms import MEAN, STD, A, ToTensorV2, cv2, train_transform
 
 TransformStyle = Literal["fixed", "imagenet"]
 # The standard ImageNet evaluation crop: resize to size / 0.875 (256 for 224), then centre crop.

@@ -8,7 +8,6 @@ from typing import Any, Generic, TypeVar
 
 from torch.utils.data import Dataset
 
-
 Sample = TypeVar("Sample")
 # Split name -> the number mixed into every sample's random key (so splits never share a sample).
 SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}

@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+
 from pipeline.data.rendered import SPLITS, RenderedDataset, check_max_rotation
 from pipeline.data.transforms import IGNORE_INDEX  # noqa: F401 - the masks' ignore label, named with the classes
 

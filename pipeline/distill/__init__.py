@@ -1,12 +1,11 @@
 """Distillation: methods behind one interface, a registry, and the Distiller wrapper."""
 
+# The built-in methods register themselves on import: any import of the package knows them all.
+from pipeline.distill import methods  # noqa: F401
 from pipeline.distill.base import DistillMethod, FeatureInfo, MethodOptions
 from pipeline.distill.distiller import Distiller, feature_info
 from pipeline.distill.registry import available_methods, build_method, method_class, register
 from pipeline.distill.tat import AnchorPointTaTLoss, HierarchicalTaTLoss, PatchGroupTaTLoss, TaTLoss
-
-# Last: the built-in methods register themselves, so any import of the package knows them all.
-from pipeline.distill import methods  # noqa: E402, F401, I001
 
 __all__ = [
     "AnchorPointTaTLoss",

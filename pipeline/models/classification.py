@@ -31,7 +31,6 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from pipeline.models.backbones import BACKBONES
 
-
 Stem = Literal["imagenet", "cifar"]
 
 

@@ -21,9 +21,9 @@ from typing import Any
 from pipeline import distributed
 from pipeline import metrics_contract as keys
 from pipeline.artifacts import atomic_write_json, deep_merge, sha256_file, sha256_json
-from pipeline.orchestration.code_deps import code_digest
 from pipeline.config import PipelineConfig, dump_config
 from pipeline.errors import PipelineError, StageFailed
+from pipeline.orchestration.code_deps import code_digest
 from pipeline.orchestration.stage import RECORD_NAME, Stage, StageContext, StageRecord
 from pipeline.status import Status
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.status import Status
 from pipeline.reporting.tables import Table
+from pipeline.status import Status
 
 # metrics-contract v1 keys that mirror a <backend>-<precision> entry (see pipeline/runtime/backends.py).
 LEGACY_BACKEND_ALIASES = {"pytorch": "pytorch-fp32", "onnxruntime": "onnxruntime-fp32"}

@@ -39,7 +39,6 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.distill.registry import method_weight
 from pipeline.artifacts import atomic_write_json, atomic_write_text
 from pipeline.config import (
     ConfigError,
@@ -48,10 +47,11 @@ from pipeline.config import (
     parse_override,
     validate_config,
 )
+from pipeline.distill.registry import method_weight
 from pipeline.errors import PipelineError
 from pipeline.orchestration.stage import StageRecord
-from pipeline.status import Status
 from pipeline.reporting.tables import markdown_table
+from pipeline.status import Status
 
 TEACHER_STAGE = "train_teacher"
 STUDENT_STAGE = "distill_student"

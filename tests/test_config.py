@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from pipeline.config import ConfigError, PipelineConfig, load_config
-from pipeline.orchestration.preflight import preflight
+from pipeline.orchestration.preflight import preflight, registry_problems
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -22,15 +22,21 @@ def test_defaults_validate_and_round_trip():
     assert PipelineConfig.model_validate(config.to_dict()) == config
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
-def test_every_shipped_config_is_valid(name):
+@pytest.mark.parametrize("name", sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml")))
+def test_every_shipped_config_is_valid_and_passes_the_preflight(name):
     path = CONFIGS / name
     if "variants" in (yaml.safe_load(path.read_text()) or {}):  # a sweep file (pipeline/orchestration/sweep.py)
         from pipeline.orchestration.sweep import load_sweep
 
-        load_sweep(path)
+        variants = {run.variant: run.config for run in load_sweep(path, seeds=1).runs}
+        for variant, config in variants.items():
+            preflight(config, f"{name} variant '{variant}'")
+        return
+    config = load_config(path)
+    if config.task == "classification" and config.data.root is not None:
+        assert not registry_problems(config)  # its class list is read from the dataset, which is not here
     else:
-        load_config(path)
+        preflight(config, name)
 
 
 def test_misspelt_key_names_the_key_and_the_closest_valid_one(tmp_path):

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pipeline.errors import DatasetLayoutError
+
 FOLDER = "cifar-100-python"
 FILES = {"train": "train", "val": "test"}
 IMAGE_SIZE = 32
@@ -34,15 +36,15 @@ _SOURCE = "extract cifar-100-python.tar.gz (https://www.cs.toronto.edu/~kriz/cif
 def cifar100_folder(root: Path | None) -> Path:
     """The ``cifar-100-python`` folder under ``root`` (or ``root`` itself); an error says what is missing."""
     if root is None:
-        raise FileNotFoundError(f"data.root is not set; dataset cifar100 needs the folder that holds {FOLDER}/")
+        raise DatasetLayoutError(f"data.root is not set; dataset cifar100 needs the folder that holds {FOLDER}/")
     root = Path(root)
     folder = root if root.name == FOLDER else root / FOLDER
     expected = f"{folder}/{{train,test,meta}} (CIFAR-100 python version; {_SOURCE})"
     if not folder.is_dir():
-        raise FileNotFoundError(f"CIFAR-100 folder not found: expected {expected}")
+        raise DatasetLayoutError(f"CIFAR-100 folder not found: expected {expected}")
     missing = [name for name in ("train", "test", "meta") if not (folder / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"CIFAR-100 folder {folder} lacks {', '.join(missing)}: expected {expected}")
+        raise DatasetLayoutError(f"CIFAR-100 folder {folder} lacks {', '.join(missing)}: expected {expected}")
     return folder
 
 

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pipeline.errors import DatasetLayoutError
+
 EXTENSIONS = (".jpeg", ".jpg", ".png")
 SPLIT_FOLDERS = {"train": "train", "val": "val"}
 
@@ -30,14 +32,14 @@ def _images_in(folder: Path) -> list[Path]:
 
 def split_folder(root: Path | None, split: str) -> Path:
     if root is None:
-        raise FileNotFoundError("data.root is not set; dataset image_folder needs a folder laid out as "
+        raise DatasetLayoutError("data.root is not set; dataset image_folder needs a folder laid out as "
                                 "ROOT/{train,val}/<class>/*.JPEG")
     if split not in SPLIT_FOLDERS:
         raise ValueError(f"unknown split {split!r}; valid splits are {sorted(SPLIT_FOLDERS)}")
     root = Path(root)
     folder = root / SPLIT_FOLDERS[split]
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder split not found: {folder} (expected {_layout(root)})")
+        raise DatasetLayoutError(f"image folder split not found: {folder} (expected {_layout(root)})")
     return folder
 
 

@@ -112,8 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.orchestration.preflight import preflight
 
     config = load_config(args.config, args.overrides)
-    preflight(config, str(args.config))
-    check_dataset(config)
+    preflight(config, str(args.config), scan_data=True)
     # Under torchrun: join the process group (nccl on CUDA, gloo on CPU); a no-op for one process.
     distributed.init_from_env("cpu" if config.run.device == "cpu" else None)
     try:
@@ -126,17 +125,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if main:
         print_summary(metrics, runner.run_dir, args.config)
     return 0
-
-
-def check_dataset(config: PipelineConfig) -> None:
-    """Fail before any work when a real dataset's folder is missing, mis-structured or holds bad samples."""
-    from pipeline.data import dataset_fingerprint
-    from pipeline.data.check import check_dataset_files
-
-    read = check_dataset_files(config.data)  # every problem at once, before any training
-    if read:
-        print(f"data check: {read} samples of {config.data.root} read cleanly")
-    dataset_fingerprint(config.data)  # lists both splits and reads the class list
 
 
 def cmd_status(args: argparse.Namespace) -> int:

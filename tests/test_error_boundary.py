@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +141,10 @@ def test_the_summary_lists_every_backend_that_did_not_pass_with_its_reason_and_h
     assert len(notes) == 3 and "--debug" in notes[2] and "parser failed" in notes[2]
     assert notes[0].startswith("onnxruntime-int8: validation failed: mIoU -2.00 points") and "to do: try" in notes[0]
     assert notes[1] == "tensorrt-fp16: skipped: TensorRT is not installed; to do: pip install x"
+
+
+def test_output_piped_into_a_reader_that_stops_early_is_not_an_error():
+    # `true` exits before the pipeline prints anything, so every write meets a closed pipe.
+    done = subprocess.run(f"{sys.executable} -m pipeline methods | true", shell=True, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert "error" not in done.stderr.lower(), done.stderr

@@ -1,16 +1,15 @@
 """One way to name things: a registry maps a name to an entry, lists the names, and answers an
 unknown name with the closest valid one.
 
-Datasets, backbones, distillation methods and tasks each have one, filled where the thing is
-defined (the model is timm's ``@register_model``); importing a registry's package fills it. This
-module imports nothing of the project, so the config schema can stay a leaf while the checks that
-need the entries run in one preflight step (:mod:`pipeline.orchestration.preflight`).
+Datasets, backbones, distillation methods, tasks and backend rows each have one, filled where the
+thing is defined (the model is timm's ``@register_model``); importing a registry's package fills
+it. This module imports nothing of the project, so the config schema can stay a leaf while the
+checks that need the entries run in one preflight step (:mod:`pipeline.orchestration.preflight`).
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -58,6 +57,3 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())

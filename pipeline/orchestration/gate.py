@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 import yaml
 
+from pipeline.metrics_contract import MODEL_ROLES
 from pipeline.status import Status
 
 Direction = Literal["higher_is_better", "lower_is_better"]
@@ -504,7 +505,7 @@ def _widened(check: Check, spread: dict[str, float], runs: int) -> Check:
 def _checks_from_run(metrics: dict[str, Any], miou_abs_tol: float, latency_ratios: bool,
                      latency_ratio_max: float | None, failed: set[str] = frozenset()) -> list[Check]:
     checks: list[Check] = []
-    for model in ("teacher", "student_baseline", "student"):
+    for model in MODEL_ROLES:
         entry = metrics.get(model, {})
         if "miou" in entry:
             checks.append(Check(f"{model}.miou", entry["miou"], "higher_is_better", abs_tol=miou_abs_tol))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline import metrics_contract as keys
 from pipeline.reporting.tables import Table
 from pipeline.status import Status
 
@@ -82,7 +83,7 @@ def gap_closure(metrics: dict[str, Any]) -> float | None:
     """(student - baseline) / (teacher - baseline) of the task's metric, in percent; None when undefined."""
     metric = task_columns(metrics)[0]
     try:
-        teacher, baseline, student = (metrics[k][metric] for k in ("teacher", "student_baseline", "student"))
+        teacher, baseline, student = (metrics[k][metric] for k in keys.MODEL_ROLES)
     except KeyError:
         return None
     gap = teacher - baseline

@@ -1,6 +1,7 @@
 """Stage 8: the report people read: report.md (with PNG figures beside it) and a self-contained
-report.html (figures embedded): summary, stage timings, training curves, per-class IoU, latency vs
-mIoU across backends, and pictures from the val split (image | truth | teacher | student | ONNX)."""
+report.html (figures embedded): summary, the accuracy-latency Pareto frontier across backends
+(table, chart, pareto.json / pareto.md), stage timings, training curves, per-class IoU and pictures
+from the val split (image | truth | teacher | student | ONNX)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pipeline import metrics_contract as keys
 from pipeline.artifacts import atomic_write_bytes, atomic_write_text, deep_merge
 from pipeline.builders import build_student, build_teacher, load_weights
 from pipeline.data import dataset_info
+from pipeline.measurement.pareto import backend_points, pareto_rows, pareto_table, write_pareto
 from pipeline.orchestration.stage import Stage, StageContext, StageResult
 from pipeline.orchestration.summary import backends_table, gap_closure, models_table, status_notes
 from pipeline.reporting import charts
@@ -19,6 +21,7 @@ from pipeline.reporting.samples import displayable, predicted_masks, val_samples
 from pipeline.reporting.tables import Table, markdown_cell
 from pipeline.runtime import OnnxRuntimePredictor, TorchPredictor
 from pipeline.status import Status
+from pipeline.tasks import get_task
 
 UPSTREAM = ("train_teacher", "train_student_baseline", "distill_student", "strip", "export_onnx", "quantize",
             "build_engine", "validate", "benchmark", "deploy")
@@ -55,11 +58,6 @@ def per_class_table(metrics: dict[str, Any]) -> Table:
     names = list(next(iter(columns.values()))) if columns else []
     rows = [[cls, *(column.get(cls) for column in columns.values())] for cls in names]
     return Table(["class", *columns], rows)
-
-
-def latency_points(metrics: dict[str, Any], metric: str = "miou") -> dict[str, tuple[float, float]]:
-    return {name: (entry["latency_ms"]["p50"], entry[metric]) for name, entry in gated_backends(metrics).items()
-            if entry.get("latency_ms", {}).get("p50") is not None and entry.get(metric) is not None}
 
 
 def stage_timings(ctx: StageContext) -> Table:
@@ -104,9 +102,15 @@ def run(ctx: StageContext) -> StageResult:
     if columns:
         names = dataset_info(ctx.config.data).class_names
         figures["per_class_iou"] = charts.per_class_bars(names, columns)
-    points = latency_points(metrics)
+    task = get_task(ctx.config.task)
+    points = backend_points(metrics.get("backends", {}), task.metric)
+    pareto = pareto_rows(points)
     if points:
-        figures["latency_vs_miou"] = charts.latency_vs_miou(points)
+        front = {row["label"] for row in pareto if row["on_front"]}
+        figures["latency_vs_miou"] = charts.latency_vs_miou({p.label: (p.latency_ms, p.score) for p in points}, front,
+                                                            f"val {task.metric_label} %")
+        write_pareto(ctx.dir, pareto, {"run": ctx.config.run.name, "metric": task.metric, "latency": "p50 ms, "
+                                       "the benchmark stage's batch and threads"}, f"{task.metric_label} %")
     grid = picture_grid(ctx)
     if grid is not None:
         figures["samples"] = grid
@@ -118,12 +122,15 @@ def run(ctx: StageContext) -> StageResult:
     tables = [
         ("Models (val split)", models_table(metrics), [closure_text]),
         ("Exported student by backend", backends_table(metrics), status_notes(metrics)),
+        *([("Accuracy-latency Pareto frontier", pareto_table(pareto, f"{task.metric_label} %"),
+            ["On the frontier: no other deployment is both at least as fast and at least as accurate."])]
+          if pareto else []),
         ("Stage timings", stage_timings(ctx), []),
         *([("Per-class IoU (%)", per_class_table(metrics), [])] if ctx.config.task == "segmentation" else []),
         ("Strip proof", Table(["check", "value"], [[k, v] for k, v in metrics.get("strip", {}).items()]), []),
     ]
     figure_titles = {"training_curves": "Training curves", "per_class_iou": "Per-class IoU",
-                     "latency_vs_miou": "Latency vs mIoU", "samples": "Val pictures"}
+                     "latency_vs_miou": "Latency vs accuracy", "samples": "Val pictures"}
 
     lines = [f"# Run `{ctx.config.run.name}`", ""]
     for title, table, notes in tables:
@@ -138,7 +145,8 @@ def run(ctx: StageContext) -> StageResult:
     atomic_write_text(ctx.dir / "report.html", html_page.page(f"Run {ctx.config.run.name}", sections))
 
     summary = {"gap_closure_percent": None if closure is None else round(closure, 2)}
-    outputs = {"report": "report.md", "html": "report.html", **{name: f"{name}.png" for name in figures}}
+    outputs = {"report": "report.md", "html": "report.html", **{name: f"{name}.png" for name in figures},
+               **({"pareto": "pareto.json", "pareto_md": "pareto.md"} if pareto else {})}
     return StageResult(outputs=outputs, metrics={keys.DISTILLATION: summary,
                                                  keys.ARTIFACTS: {"report": "report/report.md",
                                                                "report_html": "report/report.html"}})

@@ -39,7 +39,7 @@ def test_the_comparison_sweep_covers_every_method_with_valid_settings_and_five_s
 
 
 @pytest.mark.slow
-def test_compare_command_adds_exported_params_and_latency_to_the_sweep_figures(tmp_path):
+def test_compare_command_adds_exported_params_latency_int8_and_the_pareto_frontier(tmp_path):
     fast = ["run.threads=1", "baseline.enabled=false", "teacher.train.epochs=1", "student.train.epochs=1",
             "student.train.max_steps_per_epoch=1", "data.train_size=32", "data.val_size=4", "validate.parity_images=2",
             "benchmark.min_iters=2", "benchmark.warmup=0", "benchmark.min_seconds=0",
@@ -59,4 +59,18 @@ def test_compare_command_adds_exported_params_and_latency_to_the_sweep_figures(t
     assert letkd["student_params"] > baseline["student_params"], "LetKD's KD layer ships with the student"
     for row in (baseline, letkd):
         assert row["onnxruntime_status"] == "passed" and row["onnxruntime_p50_ms"] > 0 and row["seeds"] == 1
-    assert "exported params" in (sweep / "compare_methods.md").read_text()
+    markdown = (sweep / "compare_methods.md").read_text()
+    assert "exported params" in markdown
+    # Does the gain survive INT8: every variant's post-training INT8 model measured beside its FP32 figure.
+    for row in (baseline, letkd):
+        int8 = row["int8"]["onnxruntime-int8"]
+        assert int8["miou"] is not None and int8["p50_ms"] > 0
+        assert int8["miou_delta"] == pytest.approx(int8["miou"] - row["deployments"]["pytorch-fp32"]["miou"], abs=1e-3)
+    assert "Does the gain survive INT8?" in markdown and "gain vs baseline (onnxruntime-int8)" in markdown
+    # The Pareto frontier spans every method x backend x precision that ran.
+    labels = {row["label"] for row in table["pareto"]}
+    assert {"baseline / onnxruntime-int8", "letkd / onnxruntime-fp32", "letkd / pytorch-fp32"} <= labels
+    assert any(row["on_front"] for row in table["pareto"])
+    front = json.loads((sweep / "pareto.json").read_text())["front"]
+    assert front == [row["label"] for row in table["pareto"] if row["on_front"]]
+    assert (sweep / "compare_methods_pareto.png").stat().st_size > 1000

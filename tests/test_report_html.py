@@ -28,7 +28,8 @@ def test_report_md_and_html_have_every_section(smoke_reference):
     report = smoke_reference / "report"
     markdown = (report / "report.md").read_text()
     page = (report / "report.html").read_text()
-    for section in ("Models (val split)", "Stage timings", "Training curves", "Per-class IoU", "Latency vs mIoU",
+    for section in ("Models (val split)", "Stage timings", "Training curves", "Per-class IoU", "Latency vs accuracy",
+                    "Accuracy-latency Pareto frontier",
                     "Val pictures"):
         assert section in markdown and section in page
     assert "src=\"data:image/png;base64," in page and "src=\"http" not in page  # self-contained
@@ -49,7 +50,7 @@ def test_report_html_renders_its_charts_and_pictures_in_headless_chromium(smoke_
     assert probe, f"the page did not finish loading in chromium:\n{dom[:2000]}"
     images = [line.split() for line in probe.group(1).strip().splitlines()]
     names = {alt for alt, _, _ in images}
-    assert {"Training_curves", "Per-class_IoU", "Latency_vs_mIoU", "Val_pictures"} <= names
+    assert {"Training_curves", "Per-class_IoU", "Latency_vs_accuracy", "Val_pictures"} <= names
     for alt, size, embedded in images:
         width, height = map(int, size.split("x"))
         assert embedded == "true", f"{alt} is not embedded"

@@ -5,12 +5,15 @@
 
 The sweep leaves ordinary run folders ``<sweep>/<variant>/seed<k>/``. This command reads every
 one's metrics (student mIoU, seconds per training step) and, for the first seed of each variant,
-continues that run with the pipeline's own stages through strip, export, ONNX Runtime validation
+continues that run with the pipeline's own stages through strip, export, quantize, validation
 and benchmark (the trained stages are skipped as up to date): the exported student's parameter
-count and ONNX Runtime latency, which only LetKD changes, come from there. ``key=value``
+count and ONNX Runtime latency, which only LetKD changes, and every backend x precision's mIoU and
+latency come from there, so the table says whether each method's gain survives INT8, and the
+accuracy-latency Pareto frontier spans every method x backend x precision measured. ``key=value``
 overrides (e.g. ``benchmark.threads=1``) apply to those continued runs only.
 
-Writes ``compare_methods.json`` and ``compare_methods.md`` into ``--out`` (default: the sweep folder).
+Writes ``compare_methods.json``, ``compare_methods.md``, ``pareto.json``, ``pareto.md`` and
+``compare_methods_pareto.png`` into ``--out`` (default: the sweep folder).
 """
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import atomic_write_json, atomic_write_text, read_json
+from pipeline.artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from pipeline.config import ConfigError, load_config
+from pipeline.measurement.pareto import backend_points, pareto_rows, pareto_table, write_pareto
 from pipeline.orchestration.runner import METRICS_NAME, PipelineError, Runner
 from pipeline.reporting.tables import markdown_table
+from pipeline.runtime.backends import REFERENCE_KEY as REFERENCE
+from pipeline.status import Status
 
 UNTIL = "benchmark"
 
@@ -44,12 +50,14 @@ def find_runs(sweep_dir: Path) -> dict[str, list[Path]]:
 
 
 def deploy_figures(run: Path, overrides: list[str]) -> dict[str, Any]:
-    """Continue one run through strip/export/validate/benchmark and return its deployment figures."""
+    """Continue one run through strip/export/quantize/validate/benchmark and return its deployment
+    figures: every backend x precision that was measured, FP32 and INT8 alike."""
     from stages import STAGES
 
     config = load_config(run / "config.yaml", overrides)
     metrics = Runner(config, run, STAGES).run(until=UNTIL)
-    ort = metrics.get("backends", {}).get("onnxruntime", {})
+    backends = metrics.get("backends", {})
+    ort = backends.get("onnxruntime", {})
     latency = ort.get("latency_ms", {})
     return {
         "run_dir": str(run),
@@ -60,7 +68,20 @@ def deploy_figures(run: Path, overrides: list[str]) -> dict[str, Any]:
         "onnxruntime_p50_ms": latency.get("p50"),
         "onnxruntime_p90_ms": latency.get("p90"),
         "benchmark": ort.get("benchmark"),
+        "deployments": {key: {"status": entry.get("status"), "precision": entry.get("precision"),
+                              "miou": entry.get("miou"), "miou_delta": entry.get("miou_delta"),
+                              "p50_ms": entry.get("latency_ms", {}).get("p50")}
+                        for key, entry in backends.items()
+                        if "-" in key and entry.get("status") not in (Status.SKIPPED, None)},
+        "pareto_points": backend_points(backends, "miou", prefix=f"{run.parent.name} / ",
+                                        details={"method": run.parent.name}),
     }
+
+
+def int8_figures(deployments: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The INT8 student's mIoU, its change against PyTorch FP32 and its latency, per INT8 row that
+    ran (post-training ``onnxruntime-int8``; a quantization-aware row where enabled)."""
+    return {key: row for key, row in deployments.items() if row["precision"] == "int8" and row["miou"] is not None}
 
 
 def _mean(values: list[float]) -> float | None:
@@ -95,7 +116,33 @@ def compare(sweep_dir: Path, baseline: str | None = None, overrides: list[str] |
             "seconds_per_step": _mean([m["student"]["seconds_per_step"] for m in per_run[variant]]),
             **deploy_figures(folders[0], overrides or []),
         }
-    return {"sweep_dir": str(sweep_dir), "teacher_miou": teacher_miou, "baseline": baseline, "variants": variants}
+        variants[variant]["int8"] = int8_figures(variants[variant]["deployments"])
+    points = [point for v in variants.values() for point in v.pop("pareto_points")]
+    return {"sweep_dir": str(sweep_dir), "teacher_miou": teacher_miou, "baseline": baseline, "variants": variants,
+            "pareto": pareto_rows(points)}
+
+
+def int8_survival_rows(table: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """Per variant (first seed): PyTorch FP32 mIoU, each INT8 row's mIoU, change and latency, and the
+    gain over the baseline variant in FP32 and in each INT8 row: does a distillation gain survive?"""
+    int8_keys = sorted({key for v in table["variants"].values() for key in v["int8"]})
+    base = table["variants"].get(table["baseline"] or "", {}).get("deployments", {})
+
+    def gain(v: dict[str, Any], key: str) -> float | None:
+        mine, theirs = v["deployments"].get(key, {}).get("miou"), base.get(key, {}).get("miou")
+        return None if mine is None or theirs is None else round(mine - theirs, 2)
+
+    header = ["variant", "FP32 mIoU %", "gain vs baseline (FP32)"]
+    for key in int8_keys:
+        header += [f"{key} mIoU %", "vs FP32", f"{key} p50 ms", f"gain vs baseline ({key})"]
+    rows = []
+    for name, v in table["variants"].items():
+        row = [name, v["deployments"].get(REFERENCE, {}).get("miou"), gain(v, REFERENCE)]
+        for key in int8_keys:
+            entry = v["int8"].get(key, {})
+            row += [entry.get("miou"), entry.get("miou_delta"), entry.get("p50_ms"), gain(v, key)]
+        rows.append(row)
+    return header, rows
 
 
 def comparison_markdown(table: dict[str, Any]) -> str:
@@ -108,6 +155,7 @@ def comparison_markdown(table: dict[str, Any]) -> str:
                      v["onnxruntime_status"]])
     header = ["variant", "seeds", "student mIoU % (mean ± std)", "gap closure %", "s/step", "exported params",
               "ORT p50 ms", "ORT validation"]
+    survival_header, survival_rows = int8_survival_rows(table)
     return "\n".join([
         f"# Distillation methods compared ({table['sweep_dir']})",
         "",
@@ -117,7 +165,34 @@ def comparison_markdown(table: dict[str, Any]) -> str:
         "",
         markdown_table(header, rows),
         "",
+        "## Does the gain survive INT8?",
+        "",
+        "Each variant's first seed, exported and quantized by the run's own stages: the student's mIoU in PyTorch "
+        "FP32 and as each INT8 model, and its gain over the baseline variant's first seed in each precision.",
+        "",
+        markdown_table(survival_header, survival_rows),
+        "",
+        "## Accuracy-latency Pareto frontier",
+        "",
+        "Every method x backend x precision measured (first seeds). On the frontier: no other deployment is both "
+        "at least as fast and at least as accurate. Chart: `compare_methods_pareto.png`; rows: `pareto.json`.",
+        "",
+        pareto_table(table["pareto"]).markdown(),
+        "",
     ])
+
+
+def write_pareto_figures(out: Path, table: dict[str, Any]) -> None:
+    """``pareto.json`` / ``pareto.md`` and the chart ``compare_methods_pareto.png`` in ``out``."""
+    from pipeline.reporting import charts
+
+    rows = table["pareto"]
+    write_pareto(out, rows, {"sweep_dir": table["sweep_dir"], "metric": "miou",
+                             "latency": "p50 ms, each run's benchmark config", "seeds": "first seed of each variant"})
+    if rows:
+        points = {row["label"]: (row["latency_ms"], row["score"]) for row in rows}
+        png = charts.latency_vs_miou(points, {row["label"] for row in rows if row["on_front"]})
+        atomic_write_bytes(out / "compare_methods_pareto.png", png)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(out / "compare_methods.json", table)
     markdown = comparison_markdown(table)
     atomic_write_text(out / "compare_methods.md", markdown)
+    write_pareto_figures(out, table)
     print(markdown)
     print(f"written: {out / 'compare_methods.json'}, {out / 'compare_methods.md'}")
     return 0

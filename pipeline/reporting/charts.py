@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import matplotlib
@@ -80,14 +80,29 @@ def per_class_bars(class_names: Sequence[str], columns: Mapping[str, Mapping[str
     return png_bytes(figure)
 
 
-def latency_vs_miou(points: Mapping[str, tuple[float, float]]) -> bytes:
-    """One point per backend/precision: p50 latency (x, ms) against val mIoU (y, %)."""
-    figure, ax = plt.subplots(figsize=(6.5, 4.2))
+# Past this many points only the frontier's are labelled: a method x backend sweep has dozens.
+_MAX_LABELLED_POINTS = 12
+
+
+def latency_vs_miou(points: Mapping[str, tuple[float, float]], front: Collection[str] = (),
+                    metric_label: str = "val mIoU %") -> bytes:
+    """One point per deployment: p50 latency (x, ms) against the task metric (y, %). Points named
+    in ``front`` (the Pareto frontier) are ringed and joined by the frontier's staircase."""
+    crowded = len(points) > _MAX_LABELLED_POINTS
+    figure, ax = plt.subplots(figsize=(8.5, 5.2) if crowded else (6.5, 4.2))
     for index, (label, (latency, miou)) in enumerate(points.items()):
-        ax.scatter([latency], [miou], s=60, color=f"C{index}", zorder=3)
-        ax.annotate(label, (latency, miou), textcoords="offset points", xytext=(6, 6), fontsize=9)
-    ax.set(xlabel="p50 latency, ms (batch 1; lower is better)", ylabel="val mIoU % (higher is better)",
-           title="latency vs accuracy by backend and precision")
+        ax.scatter([latency], [miou], s=40 if crowded else 60, color=f"C{index % 10}", zorder=3)
+        if label in front:
+            ax.scatter([latency], [miou], s=150, facecolors="none", edgecolors="black", linewidths=1.2, zorder=4)
+        if label in front or not crowded:
+            ax.annotate(label, (latency, miou), textcoords="offset points", xytext=(6, 6), fontsize=8 if crowded else 9)
+    staircase = sorted((points[label] for label in front if label in points), key=lambda p: (p[0], -p[1]))
+    if len(staircase) > 1:
+        ax.step([p[0] for p in staircase], [p[1] for p in staircase], where="post", color="black", alpha=0.5,
+                linewidth=1, label="Pareto frontier (ringed)")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set(xlabel="p50 latency, ms (lower is better)", ylabel=f"{metric_label} (higher is better)",
+           title="latency vs accuracy" + (": Pareto frontier ringed" if front else ""))
     ax.grid(alpha=0.3)
     ax.margins(0.25)
     return png_bytes(figure)

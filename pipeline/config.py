@@ -215,6 +215,20 @@ class QuantizeConfig(StrictModel):
                             "without VNNI (AVX2-only), whose U8S8 kernels can saturate with full-range weights")
 
 
+class QatConfig(StrictModel):
+    """Quantization-aware fine-tuning of the distilled student (stage qat_student): fake quantization
+    that matches the INT8 recipe, then a Q/DQ ONNX model of exactly the graph trained."""
+
+    enabled: bool = False
+    teacher: bool = Field(True, description="fine-tune with CE plus distill.methods against the frozen teacher; "
+                                            "false = CE only (quantization-aware training without a teacher)")
+    activation_type: Literal["auto", "quint8", "qint8"] = Field(
+        "auto", description="activations simulated while training: quint8 (U8 asymmetric, ONNX Runtime on CPU), "
+                            "qint8 (S8 symmetric, TensorRT); auto = quantize.activation_type")
+    # A short fine-tune from the distilled weights at a low learning rate; batch norms stay frozen.
+    train: TrainConfig = TrainConfig(epochs=2, optimizer="adamw", lr=1e-4, weight_decay=0.0, head_lr_mult=1.0)
+
+
 class EngineConfig(StrictModel):
     """TensorRT engines built from the FP16 and Q/DQ INT8 ONNX models (skipped without TensorRT/CUDA)."""
 
@@ -279,6 +293,7 @@ class PipelineConfig(StrictModel):
     distill: DistillConfig = DistillConfig()
     export: ExportConfig = ExportConfig()
     quantize: QuantizeConfig = QuantizeConfig()
+    qat: QatConfig = QatConfig()
     engine: EngineConfig = EngineConfig()
     deploy: DeployConfig = DeployConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")

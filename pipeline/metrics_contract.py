@@ -18,6 +18,7 @@ STRIP = "strip"  # the strip proof
 ARTIFACTS = "artifacts"  # the exported model and the deploy bundle, relative to the run folder
 EXPORT = "export"  # how the ONNX model was exported
 QUANTIZE = "quantize"  # how each lower-precision model was made, or why it failed
+QAT = "qat"  # the quantization-aware fine-tune: its val figures and its Q/DQ models
 ENGINES = "engines"  # TensorRT engines, or why they were skipped
 BACKENDS = "backends"  # every backend x precision: validation and latency
 MACHINE = "machine"  # CPU / GPU, threads and versions the latency was measured with
@@ -26,5 +27,5 @@ DISTILLATION = "distillation"  # gap closure of the distilled student
 
 # In the order a full run writes them.
 TOP_LEVEL_KEYS: tuple[str, ...] = (RUN, STAGES, TEACHER, TEACHER_CENTERS, STUDENT_BASELINE, STUDENT, STRIP, ARTIFACTS,
-                                   EXPORT, QUANTIZE, ENGINES, BACKENDS, MACHINE, BENCHMARK, DISTILLATION)
+                                   EXPORT, QUANTIZE, QAT, ENGINES, BACKENDS, MACHINE, BENCHMARK, DISTILLATION)
 MODEL_ROLES: tuple[str, ...] = (TEACHER, STUDENT_BASELINE, STUDENT)

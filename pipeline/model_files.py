@@ -24,6 +24,9 @@ WHEN_STAGE_OFF = {
     "fp16": _QUANTIZE_OFF,
     "engine-fp16": "no TensorRT fp16 engine requested (engine.enabled / engine.precisions)",
     "engine-int8": "no TensorRT int8 engine requested (engine.enabled / engine.precisions)",
+    "int8_qat": "qat.enabled is off in the config",
+    "int8_qat_tensorrt": "qat.enabled is off in the config",
+    "engine-int8_qat": "no quantization-aware TensorRT engine (qat.enabled, engine.enabled, engine.precisions int8)",
 }
 
 
@@ -31,7 +34,7 @@ WHEN_STAGE_OFF = {
 class ModelFile:
     """A model file one or more backends run (or TensorRT builds from), or why there is none."""
 
-    key: str  # "torch", "fp32", "int8", "int8_tensorrt", "fp16", "engine-fp16", "engine-int8"
+    key: str  # "torch", "fp32", "int8", "int8_tensorrt", "int8_qat", "fp16", "engine-fp16", "engine-int8", ...
     path: str | None  # relative to the run folder; None unless the status is "ok"
     format: str = ""  # "pytorch" (state dict), "onnx" or "tensorrt" (serialized engine)
     precision: str = ""  # "fp32", "fp16", "int8"

@@ -1,4 +1,5 @@
-"""Stage: TensorRT engines from the FP16 and Q/DQ INT8 ONNX models.
+"""Stage: TensorRT engines from the FP16 and Q/DQ INT8 ONNX models (post-training and, with
+``qat.enabled``, quantization-aware).
 
 Where TensorRT or CUDA is missing every requested engine is recorded as ``skipped`` with the
 reason and the install command (never ``passed``); after installing, re-run with
@@ -14,15 +15,25 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline import metrics_contract as keys
+from pipeline.config import PipelineConfig
 from pipeline.deployment.tensorrt_engine import build_engine, engine_profile, require_tensorrt
 from pipeline.model_files import ModelFile
 from pipeline.orchestration.stage import Stage, StageContext, StageResult
 from pipeline.runtime.base import BackendUnavailable
 from pipeline.status import Status
 
-# Which quantize model file each engine precision is built from (strongly typed: precision is in the ONNX;
-# the INT8 one is TensorRT's own twin: signed Q/DQ and FP16 outside the quantized convolutions).
-SOURCES = {"fp16": "fp16", "int8": "int8_tensorrt"}
+# Which model file each engine is built from (strongly typed: precision is in the ONNX; the INT8 ones
+# are TensorRT's own twins: signed Q/DQ and FP16 outside the quantized convolutions), and its build
+# precision. "int8_qat" is built from the quantization-aware model when qat.enabled.
+SOURCES = {"fp16": "fp16", "int8": "int8_tensorrt", "int8_qat": "int8_qat_tensorrt"}
+BUILD_PRECISION = {"fp16": "fp16", "int8": "int8", "int8_qat": "int8"}
+
+
+def requested_engines(config: PipelineConfig) -> list[str]:
+    engines = list(config.engine.precisions)
+    if config.qat.enabled and "int8" in engines:
+        engines.append("int8_qat")
+    return engines
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -37,7 +48,7 @@ def run(ctx: StageContext) -> StageResult:
     except BackendUnavailable as exc:
         unavailable = exc
         print(f"[build_engine] skipped: {exc.reason}\n[build_engine]   to enable: {exc.install_hint}")
-    for precision in engine_cfg.precisions:
+    for precision in requested_engines(config):
         if unavailable is not None:
             engines[precision] = {**unavailable.to_dict(), "profile": profile}
             continue
@@ -48,7 +59,8 @@ def run(ctx: StageContext) -> StageResult:
             continue
         name = f"student_{precision}.engine"
         try:
-            meta, from_cache = build_engine(source.located(ctx.run_dir), ctx.dir / name, precision=precision,
+            meta, from_cache = build_engine(source.located(ctx.run_dir), ctx.dir / name,
+                                            precision=BUILD_PRECISION[precision],
                                             profile=profile, workspace_mb=engine_cfg.workspace_mb,
                                             cache_dir=engine_cfg.cache_dir)
         except Exception as exc:  # noqa: BLE001 - one failed engine must not hide the others
@@ -58,7 +70,7 @@ def run(ctx: StageContext) -> StageResult:
         outputs[f"engine-{precision}-meta"] = f"{name}.json"
         engines[precision] = {"status": Status.OK, "path": f"{ctx.stage.name}/{name}", "from_cache": from_cache,
                               "size_bytes": (ctx.dir / name).stat().st_size, **meta.__dict__}
-    files = tuple(ModelFile.from_metrics(f"engine-{precision}", "tensorrt", precision, entry)
+    files = tuple(ModelFile.from_metrics(f"engine-{precision}", "tensorrt", BUILD_PRECISION[precision], entry)
                   for precision, entry in engines.items())
     return StageResult(outputs=outputs, metrics={keys.ENGINES: engines}, model_files=files)
 
@@ -66,8 +78,8 @@ def run(ctx: StageContext) -> StageResult:
 STAGE = Stage(
     name="build_engine",
     run=run,
-    inputs=("quantize",),
-    config_keys=("engine", "data.image_size"),
+    inputs=("quantize", "qat_student"),
+    config_keys=("engine", "data.image_size", "qat.enabled"),
     enabled=lambda config: config.engine.enabled and bool(config.engine.precisions),
     description="TensorRT engines (FP16, INT8) with metadata; skipped without TensorRT/CUDA",
 )

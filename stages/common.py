@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import Subset
 
 from pipeline import distributed
@@ -83,6 +83,15 @@ def last_quarter_change(history: list[dict[str, Any]]) -> float | None:
     if len(values) < 2:
         return None
     return round(max(values) - min(values), 4)
+
+
+def load_centers(ctx: StageContext) -> dict[str, dict[str, Tensor]]:
+    """Method name -> {"teacher_centers": tensor} from the teacher_centers stage's ``centers`` output
+    ({method: (K, C) tensor}), or {} when that stage is off (no method needs them)."""
+    if not ctx.has_input("teacher_centers"):
+        return {}
+    centers = torch.load(ctx.input_path("teacher_centers", "centers"), map_location="cpu", weights_only=True)
+    return {method: {"teacher_centers": tensor} for method, tensor in centers.items()}
 
 
 def run_training(ctx: StageContext, objective: nn.Module, train_cfg: TrainConfig, role: str, desc: str) -> StageResult:

@@ -15,11 +15,12 @@ from pipeline import metrics_contract as keys
 from pipeline.artifacts import atomic_path, atomic_write_json, sha256_file
 from pipeline.data import dataset_info
 from pipeline.orchestration.stage import Stage, StageContext, StageResult
-from stages.deployables import run_model_files
+from stages.deployables import DEPLOY_INPUTS, run_model_files
 
 SCRIPT = Path(__file__).resolve().parents[1] / "pipeline" / "edge" / "run_onnx.py"
 FILES = {"fp32": "student_fp32.onnx", "fp16": "student_fp16.onnx", "int8": "student_int8.onnx",
-         "engine-fp16": "student_fp16.engine", "engine-int8": "student_int8.engine"}
+         "int8_qat": "student_int8_qat.onnx", "engine-fp16": "student_fp16.engine",
+         "engine-int8": "student_int8.engine", "engine-int8_qat": "student_int8_qat.engine"}
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -85,7 +86,7 @@ def run(ctx: StageContext) -> StageResult:
 STAGE = Stage(
     name="deploy",
     run=run,
-    inputs=("strip", "export_onnx", "quantize", "build_engine", "validate", "benchmark"),
+    inputs=(*DEPLOY_INPUTS, "validate", "benchmark"),
     config_keys=("deploy", "data", "export.dynamic"),
     enabled=lambda config: config.deploy.enabled,
     description="edge bundle: ONNX models, engines, meta.json, run_onnx.py",

@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
-
 from pipeline import metrics_contract as keys
 from pipeline.builders import build_distiller, build_student, build_teacher, load_weights
 from pipeline.distill.registry import method_weight
 from pipeline.orchestration.stage import Stage, StageContext, StageResult
-from stages.common import TRAINING_KEYS, run_training, seed_model_init
-
-
-def load_centers(ctx: StageContext) -> dict[str, dict[str, Tensor]]:
-    """Method name -> {"teacher_centers": tensor} from the teacher_centers stage's ``centers`` output
-    ({method: (K, C) tensor}), or {} when that stage is off (no method needs them)."""
-    if not ctx.has_input("teacher_centers"):
-        return {}
-    centers = torch.load(ctx.input_path("teacher_centers", "centers"), map_location="cpu", weights_only=True)
-    return {method: {"teacher_centers": tensor} for method, tensor in centers.items()}
+from stages.common import TRAINING_KEYS, load_centers, run_training, seed_model_init
 
 
 def run(ctx: StageContext) -> StageResult:

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from pipeline import metrics_contract as keys
-from pipeline.data import build_dataset
 from pipeline.deployment.quantize import (
     Int8Recipe,
     convert_fp16,
@@ -27,6 +26,7 @@ from pipeline.deployment.quantize import (
 from pipeline.model_files import ModelFile
 from pipeline.orchestration.stage import Stage, StageContext, StageResult
 from pipeline.status import Status
+from stages.deployables import calibration_images, needs_tensorrt_twin
 
 INT8_NAME = "student_int8.onnx"
 INT8_TENSORRT_NAME = "student_int8_s8s8.onnx"  # signed activations (TensorRT's Q/DQ), FP16 elsewhere
@@ -35,17 +35,6 @@ PRECISIONS = {"int8": "int8", "int8_tensorrt": "int8", "fp16": "fp16"}  # model 
 # Why an output was not made when the config did not ask for it (what validate and benchmark report).
 NOT_ASKED = {"int8": "quantize.int8 is off in the config", "fp16": "quantize.fp16 is off in the config",
              "int8_tensorrt": "no TensorRT int8 engine requested (engine.enabled / engine.precisions)"}
-
-
-def calibration_images(ctx: StageContext) -> np.ndarray:
-    dataset = build_dataset(ctx.config.data, "train", augment=False)
-    count = min(ctx.config.quantize.calibration_images, len(dataset))
-    return np.stack([dataset[i][0].numpy() for i in range(count)]).astype(np.float32)
-
-
-def needs_tensorrt_twin(ctx: StageContext) -> bool:
-    engine = ctx.config.engine
-    return engine.enabled and "int8" in engine.precisions
 
 
 def tensorrt_twin(source: Path, dst: Path, calibration: np.ndarray, recipe: Int8Recipe) -> dict[str, Any]:

@@ -227,6 +227,7 @@ def test_the_backend_table_is_the_backend_registry_in_registration_order():
     plan = backend_plan(lambda: None)
     assert [spec.key for spec in plan] == [entry.key for entry in BACKENDS.entries()]
     assert plan[0].key == REFERENCE_KEY, "the PyTorch reference runs first"
-    assert all(spec.key.endswith(f"-{spec.precision}") for spec in plan), "metrics.json keys: <backend>-<precision>"
+    assert all(spec.key.removesuffix("-qat").endswith(f"-{spec.precision}") for spec in plan), \
+        "metrics.json keys: <backend>-<precision>, -qat for the quantization-aware model"
     with pytest.raises(ValueError, match="unknown backend 'onnxruntime-int9'; did you mean 'onnxruntime-int8'"):
         BACKENDS.get("onnxruntime-int9")

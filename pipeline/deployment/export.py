@@ -62,30 +62,33 @@ def _hardtanh_as_clamp(module: nn.Module) -> None:
 _CONV_BN_ATTRIBUTES = (BasicBlock, Bottleneck, ResNetBackbone)
 
 
+def conv_bn_pairs(module: nn.Module) -> list[tuple[nn.Module, str, str]]:
+    """``(owner, conv attribute, bn attribute)`` for every BatchNorm2d (with running statistics) that
+    directly follows a Conv2d below ``module``: adjacent children of an ``nn.Sequential`` and the
+    ``conv{i}``/``bn{i}`` attributes of :data:`_CONV_BN_ATTRIBUTES`; any other batch norm is not one."""
+    candidates: list[tuple[nn.Module, str, str]] = []
+    for owner in module.modules():
+        if isinstance(owner, nn.Sequential):
+            names = list(owner._modules)
+            candidates += [(owner, conv, bn) for conv, bn in zip(names, names[1:])]
+        elif isinstance(owner, _CONV_BN_ATTRIBUTES):
+            candidates += [(owner, f"conv{i}", f"bn{i}") for i in (1, 2, 3)
+                           if hasattr(owner, f"conv{i}") and hasattr(owner, f"bn{i}")]
+    return [(owner, conv, bn) for owner, conv, bn in candidates
+            if isinstance(getattr(owner, conv), nn.Conv2d) and isinstance(getattr(owner, bn), nn.BatchNorm2d)
+            and getattr(owner, bn).track_running_stats]
+
+
 def _fold_batchnorm(module: nn.Module) -> None:
-    """Fold every BatchNorm2d that directly follows a Conv2d into that conv, in place (eval mode).
+    """Fold every batch norm of :func:`conv_bn_pairs` into its conv, in place (eval mode).
 
     The ONNX file is the same (the exporter's optimizer folds them into the convs anyway, to the same
     values) but torch.export no longer traces the batch norms under symbolic shapes: a dynamic
     export of the MobileNetV2 student takes about a third less time (docs/BENCHMARKS.md, "Export").
-    Pairs are adjacent children of an ``nn.Sequential`` and the ``conv{i}``/``bn{i}`` attributes of
-    :data:`_CONV_BN_ATTRIBUTES`; any other batch norm is left as it is.
     """
-    def fold(owner: nn.Module, conv_name: str, bn_name: str) -> None:
-        conv, bn = getattr(owner, conv_name), getattr(owner, bn_name)
-        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
-            setattr(owner, conv_name, fuse_conv_bn_eval(conv, bn))
-            setattr(owner, bn_name, nn.Identity())
-
-    for owner in list(module.modules()):
-        if isinstance(owner, nn.Sequential):
-            names = list(owner._modules)
-            for conv_name, bn_name in zip(names, names[1:]):
-                fold(owner, conv_name, bn_name)
-        elif isinstance(owner, _CONV_BN_ATTRIBUTES):
-            for i in (1, 2, 3):
-                if hasattr(owner, f"conv{i}") and hasattr(owner, f"bn{i}"):
-                    fold(owner, f"conv{i}", f"bn{i}")
+    for owner, conv, bn in conv_bn_pairs(module):
+        setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, bn)))
+        setattr(owner, bn, nn.Identity())
 
 
 class _ExportHead(nn.Module):
@@ -112,6 +115,7 @@ def export_onnx(
     dynamic: bool,
     argmax: bool,
     metadata: Mapping[str, Any],
+    exporter: str = "auto",
 ) -> Path:
     """Export ``model`` to a single checked ONNX file at ``path`` and return ``path``.
 
@@ -119,7 +123,10 @@ def export_onnx(
     one used is recorded in metadata ``exporter``. ``metadata`` values that are not strings are
     stored as JSON. ``opset`` is the opset the file really has: the dynamo exporter builds at
     opset >= 18 and keeps 18 when it cannot convert down, and then ``opset_requested`` is added.
+    ``exporter="torchscript"`` skips the dynamo attempt (for graphs it is known not to trace).
     """
+    if exporter not in ("auto", "torchscript"):
+        raise ValueError(f"exporter must be 'auto' or 'torchscript', got {exporter!r}")
     path = Path(path)
     batch, channels, height, width = example_shape
     if dynamic:
@@ -141,20 +148,23 @@ def export_onnx(
     with atomic_path(path) as tmp:
         side_file = tmp.with_name(tmp.name + ".data")
         try:
-            exporter, fallback_reason = "dynamo", None
-            try:
-                _export_dynamo(net, example, tmp, opset=opset, dynamic=dynamic, output_names=output_names)
-            except Exception as exc:  # noqa: BLE001 - any dynamo failure means: try the other exporter
-                fallback_reason = _first_line(exc)
-                log.warning("dynamo ONNX export failed (%s); falling back to the TorchScript exporter", fallback_reason)
-                exporter = "torchscript"
+            used, fallback_reason = "torchscript", None
+            if exporter == "auto":
+                try:
+                    _export_dynamo(net, example, tmp, opset=opset, dynamic=dynamic, output_names=output_names)
+                    used = "dynamo"
+                except Exception as exc:  # noqa: BLE001 - any dynamo failure means: try the other exporter
+                    fallback_reason = _first_line(exc)
+                    log.warning("dynamo ONNX export failed (%s); falling back to the TorchScript exporter",
+                                fallback_reason)
+            if used == "torchscript":
                 _export_torchscript(net, example, tmp, opset=opset, dynamic=dynamic, output_names=output_names)
 
             proto = onnx.load(str(tmp))
             actual_opset = _default_opset(proto)
             props = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
             props.update(
-                exporter=exporter,
+                exporter=used,
                 opset=str(actual_opset),
                 torch_version=torch.__version__,
                 onnx_version=onnx.__version__,

@@ -134,12 +134,14 @@ for _entry in (
     BackendEntry("pytorch-fp32", "pytorch", "fp32", "torch", _torch),
     BackendEntry("onnxruntime-fp32", "onnxruntime", "fp32", "fp32", _onnxruntime(("CPUExecutionProvider",))),
     BackendEntry("onnxruntime-int8", "onnxruntime", "int8", "int8", _onnxruntime(("CPUExecutionProvider",))),
+    BackendEntry("onnxruntime-int8-qat", "onnxruntime", "int8", "int8_qat", _onnxruntime(("CPUExecutionProvider",))),
     BackendEntry("onnxruntime-fp16", "onnxruntime-cuda", "fp16", "fp16", _onnxruntime_fp16),
     BackendEntry("onnxruntime-cuda-fp32", "onnxruntime-cuda", "fp32", "fp32", _onnxruntime((CUDA_EP,))),
     BackendEntry("onnxruntime-tensorrt-tf32", "onnxruntime-tensorrt", "tf32", "fp32",
                  _onnxruntime((TRT_EP, CUDA_EP), "tf32")),
     BackendEntry("tensorrt-fp16", "tensorrt", "fp16", "engine-fp16", _tensorrt),
     BackendEntry("tensorrt-int8", "tensorrt", "int8", "engine-int8", _tensorrt),
+    BackendEntry("tensorrt-int8-qat", "tensorrt", "int8", "engine-int8_qat", _tensorrt),
 ):
     BACKENDS.register(_entry.key, _entry)
 

@@ -1,0 +1,195 @@
+"""Quantization-aware training: the fake-quantized student is exactly what its Q/DQ ONNX model runs,
+its batch norms fold into the quantized weights, stripping leaves exactly the plain student, and
+the qat_student stage delivers validated, benchmarked, bundled INT8 models with and without the
+teacher."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from pipeline.builders import build_student
+from pipeline.config import load_config
+from pipeline.deployment.export import export_onnx
+from pipeline.deployment.fake_quant import (
+    ActivationQuantizer,
+    FakeQuantScheme,
+    QuantConv2d,
+    QuantReLU6,
+    calibrate_ranges,
+    export_ready,
+    fold_weight_quantizers,
+    prepare_qat,
+    quantizer_state,
+    quantizers,
+    strip_quantizers,
+)
+from pipeline.orchestration.cli import main
+
+U8 = FakeQuantScheme(signed_activations=False)
+
+
+def conv_bn(cin: int, cout: int, act: bool) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), *([nn.ReLU6()] if act else [])]
+
+
+def tiny_net() -> nn.Sequential:
+    """conv-bn-relu6, conv-bn-relu6, conv-bn: the last conv's output is quantized (nothing follows)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(*conv_bn(3, 8, True), *conv_bn(8, 8, True), *conv_bn(8, 4, False))
+    for m in net.modules():  # non-trivial batch norm statistics, so folding matters
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return net.eval()
+
+
+def qat_net() -> nn.Sequential:
+    net = prepare_qat(tiny_net(), U8)
+    calibrate_ranges(net, [torch.randn(8, 3, 16, 16) for _ in range(3)])
+    return net.eval()
+
+
+def export_qdq(net: nn.Module, path: Path, signed: bool = False) -> Path:
+    export_onnx(export_ready(net, signed_activations=signed), path, example_shape=(2, 3, 16, 16), opset=17,
+                dynamic=True, argmax=False, metadata={}, exporter="torchscript")
+    model = onnx.load(str(path))
+    fold_weight_quantizers(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def run_ort(path: Path, x: np.ndarray, optimize: bool) -> np.ndarray:
+    options = ort.SessionOptions()
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def test_prepare_keeps_every_parameter_and_only_adds_quantizer_buffers():
+    plain = tiny_net()
+    net = prepare_qat(tiny_net(), U8)
+    assert [n for n, _ in net.named_parameters()] == [n for n, _ in plain.named_parameters()]
+    assert strip_quantizers(net.state_dict()).keys() == plain.state_dict().keys()
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in plain.state_dict().items())
+    assert quantizer_state(net.state_dict()) and set(quantizer_state(net.state_dict())).isdisjoint(plain.state_dict())
+    # Each conv quantizes its input; activations after convs their outputs; the last conv its own output.
+    convs = [m for m in net if isinstance(m, QuantConv2d)]
+    assert [c.output_quantizer is not None for c in convs] == [False, False, True]
+    assert sum(isinstance(m, QuantReLU6) for m in net) == 2
+
+
+def test_the_folded_weight_and_bias_equal_the_conv_then_its_batch_norm():
+    plain, net = tiny_net(), prepare_qat(tiny_net(), U8)
+    conv, bn = plain[0], plain[1]
+    weight, bias = net[0].folded()
+    x = torch.randn(2, 3, 16, 16)
+    expected = bn(conv(x))
+    assert torch.allclose(nn.functional.conv2d(x, weight, bias, padding=1), expected, atol=1e-5)
+
+
+def test_weights_are_per_channel_symmetric_on_at_most_255_levels_and_7_bit_when_asked():
+    for bits, levels in ((8, 255), (7, 127)):
+        net = prepare_qat(tiny_net(), FakeQuantScheme(signed_activations=False, weight_bits=bits))
+        weight, _ = net[3].folded()
+        scale = net[3].weight_scale(weight)
+        q = torch.round(weight.detach() / scale.reshape(-1, 1, 1, 1))
+        assert q.abs().max() <= (levels - 1) // 2
+        assert all(len(torch.unique(q[c])) <= levels for c in range(q.shape[0]))
+
+
+def test_activation_ranges_are_u8_asymmetric_or_s8_symmetric_with_zero_exact():
+    for signed in (False, True):
+        quantizer = ActivationQuantizer(FakeQuantScheme(signed_activations=signed)).train()
+        quantizer(torch.tensor([-1.0, 3.0]))
+        scale, zero_point = quantizer.qparams()
+        if signed:
+            assert zero_point == 0 and scale == pytest.approx(3.0 / 127)
+        else:
+            assert scale == pytest.approx(4.0 / 255) and zero_point == round(1.0 / scale)
+        assert quantizer.eval()(torch.zeros(1)).item() == 0.0
+
+
+def test_an_uncalibrated_quantizer_refuses_to_run_in_eval():
+    with pytest.raises(RuntimeError, match="calibrate"):
+        ActivationQuantizer(U8).eval()(torch.zeros(1))
+
+
+def test_the_qdq_onnx_model_runs_what_the_fake_quantized_model_computes(tmp_path):
+    """Within one quantization step of the output, both with ONNX Runtime's reference Q/DQ semantics and
+    with its fused integer kernels; and the weight initializers are INT8 (a quarter of the float size)."""
+    net = qat_net()
+    path = export_qdq(net, tmp_path / "qat.onnx")
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        expected = net(x).numpy()
+    step, _ = net[-2].output_quantizer.qparams()  # the last conv (its batch norm follows)
+    for optimize in (False, True):
+        assert np.abs(run_ort(path, x.numpy(), optimize) - expected).max() <= step * 1.001
+    model = onnx.load(str(path))
+    weights = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
+    assert len(weights) == 3
+    assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) == 3 + 2 + 1  # inputs, activations, output
+
+
+def test_the_tensorrt_twin_has_signed_symmetric_activations(tmp_path):
+    model = onnx.load(str(export_qdq(qat_net(), tmp_path / "twin.onnx", signed=True)))
+    constants = {i.name: i for i in model.graph.initializer}
+    constants.update({n.output[0]: n.attribute[0].t for n in model.graph.node if n.op_type == "Constant"})
+    zero_points = [onnx.numpy_helper.to_array(constants[n.input[2]]) for n in model.graph.node
+                   if n.op_type == "QuantizeLinear"]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+
+
+def test_the_real_student_is_fully_integer_in_onnx_runtime(tmp_path):
+    """Every convolution but the float classifier becomes an integer convolution once ONNX Runtime fuses
+    the Q/DQ pattern: the quantizers sit where its fusions need them."""
+    config = load_config("configs/smoke.yaml")
+    student = build_student(config).eval()
+    prepare_qat(student, U8, float_modules=[student.head.classifier])
+    calibrate_ranges(student, [torch.randn(4, 3, 48, 48)])
+    path = tmp_path / "student.onnx"
+    export_onnx(export_ready(student), path, example_shape=(2, 3, 48, 48), opset=17, dynamic=True, argmax=False,
+                metadata={}, exporter="torchscript")
+    model = onnx.load(str(path))
+    fold_weight_quantizers(model)
+    onnx.save(model, str(path))
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    convs = sum(isinstance(m, nn.Conv2d) for m in student.modules())
+    assert ops.count("QLinearConv") == convs - 1 and ops.count("Conv") + ops.count("FusedConv") == 1
+    assert len(quantizers(student)) > convs
+
+
+def test_the_qat_stage_delivers_validated_int8_models_with_and_without_the_teacher(smoke_copy):
+    fast = ["qat.enabled=true", "qat.train.epochs=1", "qat.train.max_steps_per_epoch=4"]
+    assert main(["run", "configs/smoke.yaml", "--out", str(smoke_copy), *fast]) == 0
+    metrics = json.loads((smoke_copy / "metrics.json").read_text())
+    qat, row = metrics["qat"], metrics["backends"]["onnxruntime-int8-qat"]
+    assert qat["teacher"] is True and qat["activation_type"] == "quint8" and qat["steps"] == 4
+    assert qat["int8_qat"]["status"] == "ok" and qat["int8_qat"]["weight_initializers_int8"] == qat["quantized_convs"]
+    assert row["status"] == "passed" and row["precision"] == "int8" and row["latency_ms"]["p50"] > 0
+    assert metrics["backends"]["tensorrt-int8-qat"]["status"] == "skipped"
+    assert (smoke_copy / "deploy" / "student_int8_qat.onnx").is_file()
+    assert (smoke_copy / "qat_student" / "student_int8_qat_s8s8.onnx").is_file()  # the TensorRT twin
+    # Stripped: exactly the plain student's parameters, loaded strictly.
+    config = load_config(smoke_copy / "config.yaml")
+    fresh = build_student(config)
+    fresh.load_state_dict(torch.load(smoke_copy / "qat_student" / "student.pt", weights_only=True), strict=True)
+    assert sum(p.numel() for p in fresh.parameters()) == metrics["strip"]["student_params"]
+
+    assert main(["run", "configs/smoke.yaml", "--out", str(smoke_copy), *fast, "qat.teacher=false"]) == 0
+    metrics = json.loads((smoke_copy / "metrics.json").read_text())
+    assert metrics["qat"]["teacher"] is False and metrics["backends"]["onnxruntime-int8-qat"]["status"] == "passed"

@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 
 from pipeline import metrics_contract as keys
-from pipeline.data import build_dataset
 from pipeline.deployment.quantize import (
     Int8Recipe,
     convert_fp16,
     qdq_float_parts_to_fp16,
     quantize_int8,
+    read_calibration_images,
     reduce_range_here,
 )
 from pipeline.model_files import ModelFile
@@ -38,9 +38,7 @@ NOT_ASKED = {"int8": "quantize.int8 is off in the config", "fp16": "quantize.fp1
 
 
 def calibration_images(ctx: StageContext) -> np.ndarray:
-    dataset = build_dataset(ctx.config.data, "train", augment=False)
-    count = min(ctx.config.quantize.calibration_images, len(dataset))
-    return np.stack([dataset[i][0].numpy() for i in range(count)]).astype(np.float32)
+    return read_calibration_images(ctx.config.data, ctx.config.quantize.calibration_images)
 
 
 def needs_tensorrt_twin(ctx: StageContext) -> bool:

@@ -11,7 +11,7 @@ from torch import nn
 
 from pipeline.builders import build_student, load_weights
 from pipeline.config import PipelineConfig
-from pipeline.data import build_dataset
+from pipeline.deployment.quantize import read_calibration_images
 from pipeline.model_files import ModelFile
 from pipeline.orchestration.stage import StageContext
 
@@ -39,9 +39,7 @@ def run_model_files(ctx: StageContext) -> dict[str, ModelFile]:
 
 def calibration_images(ctx: StageContext) -> np.ndarray:
     """The first ``quantize.calibration_images`` training images, unaugmented, normalised like the inputs."""
-    dataset = build_dataset(ctx.config.data, "train", augment=False)
-    count = min(ctx.config.quantize.calibration_images, len(dataset))
-    return np.stack([dataset[i][0].numpy() for i in range(count)]).astype(np.float32)
+    return read_calibration_images(ctx.config.data, ctx.config.quantize.calibration_images)
 
 
 def needs_tensorrt_twin(ctx: StageContext) -> bool:

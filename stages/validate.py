@@ -12,32 +12,20 @@ judges its outputs against the reference's with the tolerance policy.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from torch.utils.data import DataLoader, Subset
 
 from pipeline import metrics_contract as keys
 from pipeline.config import PipelineConfig
 from pipeline.data import build_dataset, dataset_info
-from pipeline.measurement.validation import BackendRun, TolerancePolicy, compare
+from pipeline.measurement.validation import BackendRun, TolerancePolicy, compare, validation_batches
 from pipeline.orchestration.stage import Stage, StageContext, StageResult
 from pipeline.runtime import Predictor
 from pipeline.runtime.backends import REFERENCE_KEY, backend_plan, file_size, open_backend, with_legacy_aliases
 from pipeline.status import Status
 from pipeline.tasks import get_task
 from stages.deployables import DEPLOY_INPUTS, gpu_provider_settings, run_model_files, student_factory
-
-
-def val_batches(ctx: StageContext) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    config = ctx.config
-    dataset = build_dataset(config.data, "val")
-    if config.validate_.max_images:
-        dataset = Subset(dataset, range(min(config.validate_.max_images, len(dataset))))
-    for images, targets in DataLoader(dataset, batch_size=config.validate_.batch_size, shuffle=False,
-                                      collate_fn=get_task(config.task).collate):
-        yield images.numpy(), targets.numpy()
 
 
 def parity_inputs(ctx: StageContext) -> np.ndarray:
@@ -71,7 +59,8 @@ def run_backend(ctx: StageContext, predictor: Predictor, inputs: np.ndarray,
     each of ``shapes`` (pass none where no comparison needs them)."""
     logits = predictor.predict(inputs)
     info = dataset_info(ctx.config.data)
-    summary = get_task(ctx.config.task).evaluate_predictions(predictor.predict, val_batches(ctx), info).summary()
+    batches = validation_batches(ctx.config)
+    summary = get_task(ctx.config.task).evaluate_predictions(predictor.predict, batches, info).summary()
     shape_logits = tuple((shape, predictor.predict(x)) for shape, x in shapes)
     return BackendRun(logits, summary, predictor.describe(), shape_logits)
 

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 
 from pipeline.artifacts import atomic_path
-from pipeline.config import QuantizeConfig
+from pipeline.config import DataConfig, QuantizeConfig
 from pipeline.deployment.export import LOGITS_NAME, read_metadata
 
 log = logging.getLogger(__name__)
@@ -165,69 +165,194 @@ def fixed_batch(model: onnx.ModelProto) -> int | None:
     return dim.dim_value if dim.HasField("dim_value") else None
 
 
+def read_calibration_images(data: DataConfig, count: int) -> np.ndarray:
+    """The first ``count`` training images without augmentation, in the model's input normalisation:
+    what the quantize stage calibrates on (and what re-quantizing a run must use to get its model)."""
+    from pipeline.data import build_dataset
+
+    dataset = build_dataset(data, "train", augment=False)
+    count = min(count, len(dataset))
+    return np.stack([dataset[i][0].numpy() for i in range(count)]).astype(np.float32)
+
+
 def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, recipe: Int8Recipe = Int8Recipe()) -> dict[str, Any]:
     """Write the Q/DQ INT8 model of ``src`` to ``dst``; returns what was done (for metrics).
 
     ``calibration`` is (N, 3, H, W) float32, already normalised like the model's inputs.
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
-    from onnxruntime.quantization.registry import QDQRegistry
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     src, dst = Path(src), Path(dst)
-    if calibration.ndim != 4 or len(calibration) == 0:
-        raise ValueError(f"calibration images must be a non-empty (N, 3, H, W) array, got shape {calibration.shape}")
-    warning = calibration_warning(len(calibration))
-    if warning:
-        warnings.warn(warning, CalibrationWarning, stacklevel=2)
-    activation = {"qint8": QuantType.QInt8, "quint8": QuantType.QUInt8}[recipe.activation_type]
-    activation_symmetry = "symmetric" if recipe.activation_type == "qint8" else "asymmetric"
-    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-              "entropy": CalibrationMethod.Entropy}[recipe.calibrate_method]
-
+    warning = _check_calibration(calibration)
+    settings = _QuantizerSettings.of(recipe)
     with tempfile.TemporaryDirectory(prefix="quantize-") as scratch:
-        prepared = Path(scratch) / "prepared.onnx"
-        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+        prepared = _prepare(src, Path(scratch))
         model = onnx.load(str(prepared))
-        input_name = model.graph.input[0].name
-        batch_size = fixed_batch(model) or recipe.batch_size
-        excluded = list(recipe.float_nodes)
-        if recipe.float_classifier:
-            excluded += classifier_nodes(model)
-        op_types = sorted(t for t in QDQRegistry if t not in set(recipe.float_op_types))
+        excluded = _excluded_nodes(model, recipe)
         with atomic_path(dst) as tmp:
             quantize_static(
                 str(prepared),
                 str(tmp),
-                _ArrayReader(input_name, calibration, batch_size),
+                _ArrayReader(model.graph.input[0].name, calibration, fixed_batch(model) or recipe.batch_size),
                 quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=op_types,
+                op_types_to_quantize=settings.op_types,
                 per_channel=True,
-                activation_type=activation,
+                activation_type=settings.activation,
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=excluded,
-                calibrate_method=method,
+                calibrate_method=settings.method,
                 reduce_range=recipe.reduce_range,
                 calibration_providers=["CPUExecutionProvider"],
-                # S8 activations (TensorRT) must be symmetric; U8 ones (ONNX Runtime CPU) are asymmetric,
-                # which uses the whole range for ReLU outputs and lets ORT fold ReLU/Clip into the
-                # preceding Conv's quantisation instead of running them in float.
-                extra_options={"ActivationSymmetric": recipe.activation_type == "qint8", "WeightSymmetric": True},
+                extra_options=settings.extra_options,
             )
-            quantized = onnx.load(str(tmp))
-            props = read_metadata(src)
-            if recipe.reduce_range_reason:
-                props["int8_weight_range"] = ("7-bit" if recipe.reduce_range else "8-bit") + \
-                    f" ({recipe.reduce_range_reason})"
-            props.update(precision="int8", quantization=(
-                f"onnxruntime static QDQ, S8 weights per-channel symmetric{' (7-bit range)' if recipe.reduce_range else ''}, "
-                f"{recipe.activation_type} activations "
-                f"{activation_symmetry}, {recipe.calibrate_method} calibration on {len(calibration)} images"))
-            _replace_metadata(quantized, props)
-            onnx.save_model(quantized, str(tmp), save_as_external_data=False)
-            onnx.checker.check_model(str(tmp))
+            _finish(tmp, src, recipe, len(calibration))
+    return _summary(dst, recipe, len(calibration), warning, excluded)
+
+
+@dataclass(frozen=True)
+class Int8Calibration:
+    """The expensive half of :func:`quantize_int8`, done once: the FP32 model as ONNX Runtime's
+    quantizer prepares it, and the activation ranges measured on the calibration images. The ranges
+    do not depend on which nodes are left in float, so :func:`quantize_calibrated` can write many
+    INT8 variants from one calibration (per-layer sensitivity) without running the images again."""
+
+    source: Path  # the FP32 model (its metadata is carried over)
+    prepared: Path  # quant_pre_process output, inside the caller's working folder
+    ranges: Any  # onnxruntime.quantization.calibrate.TensorsData
+    recipe: Int8Recipe
+    images: int
+    warning: str | None
+
+    def excluded_nodes(self) -> list[str]:
+        """The nodes the recipe itself keeps in float (``float_nodes`` and the classifier)."""
+        return _excluded_nodes(onnx.load(str(self.prepared), load_external_data=False), self.recipe)
+
+
+def calibrate_int8(src: Path, calibration: np.ndarray, recipe: Int8Recipe, workdir: Path) -> Int8Calibration:
+    """Prepare ``src`` in ``workdir`` and measure its activation ranges as ``quantize_static`` would."""
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    warning = _check_calibration(calibration)
+    settings = _QuantizerSettings.of(recipe)
+    workdir = Path(workdir)
+    prepared = _prepare(Path(src), workdir)
+    model = onnx.load(str(prepared))
+    # The same calibrator quantize_static creates for our arguments (none of its Calib* options is set).
+    calibrator = create_calibrator(prepared, settings.op_types, augmented_model_path=str(workdir / "augmented.onnx"),
+                                   calibrate_method=settings.method, use_external_data_format=False,
+                                   providers=["CPUExecutionProvider"], extra_options={})
+    calibrator.collect_data(_ArrayReader(model.graph.input[0].name, calibration,
+                                         fixed_batch(model) or recipe.batch_size))
+    ranges = calibrator.compute_data()
+    del calibrator  # it holds an InferenceSession on the augmented model
+    return Int8Calibration(Path(src), prepared, ranges, recipe, len(calibration), warning)
+
+
+def quantize_calibrated(calibrated: Int8Calibration, dst: Path, *, extra_float_nodes: Sequence[str] = (),
+                        only_nodes: Sequence[str] = ()) -> dict[str, Any]:
+    """Write an INT8 model of ``calibrated`` to ``dst`` from its stored ranges: with no arguments the
+    model :func:`quantize_int8` writes for the same recipe and images; ``extra_float_nodes`` are also
+    kept in float; ``only_nodes``, when given, are the only nodes quantized (the recipe's float nodes
+    stay float). Returns what :func:`quantize_int8` returns."""
+    from onnxruntime.quantization import QuantFormat, QuantType
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer, update_opset_version
+    from onnxruntime.quantization.quantize import check_static_quant_arguments
+
+    recipe, dst = calibrated.recipe, Path(dst)
+    settings = _QuantizerSettings.of(recipe)
+    excluded = calibrated.excluded_nodes()
+    excluded += [name for name in extra_float_nodes if name not in excluded]
+    # What quantize_static does once the ranges are known (QDQ format, our fixed arguments).
+    model = update_opset_version(load_model_with_shape_infer(calibrated.prepared), QuantType.QInt8,
+                                 settings.activation)
+    check_static_quant_arguments(QuantFormat.QDQ, settings.activation, QuantType.QInt8)
+    quantizer = QDQQuantizer(model, True, recipe.reduce_range, QuantType.QInt8, settings.activation,
+                             calibrated.ranges, list(only_nodes), excluded, settings.op_types,
+                             settings.extra_options)
+    quantizer.quantize_model()
+    with atomic_path(dst) as tmp:
+        quantizer.model.save_model_to_file(str(tmp), False)
+        _finish(tmp, calibrated.source, recipe, calibrated.images)
+    return _summary(dst, recipe, calibrated.images, calibrated.warning, excluded)
+
+
+@dataclass(frozen=True)
+class _QuantizerSettings:
+    """The recipe in ONNX Runtime's terms, shared by the one-shot and the calibrate-once paths."""
+
+    activation: Any  # QuantType
+    method: Any  # CalibrationMethod
+    op_types: list[str]
+    extra_options: dict[str, Any]
+
+    @classmethod
+    def of(cls, recipe: Int8Recipe) -> "_QuantizerSettings":
+        from onnxruntime.quantization import CalibrationMethod, QuantType
+
+        return cls(
+            activation={"qint8": QuantType.QInt8, "quint8": QuantType.QUInt8}[recipe.activation_type],
+            method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                    "entropy": CalibrationMethod.Entropy}[recipe.calibrate_method],
+            op_types=quantized_op_types(recipe),
+            # S8 activations (TensorRT) must be symmetric; U8 ones (ONNX Runtime CPU) are asymmetric,
+            # which uses the whole range for ReLU outputs and lets ORT fold ReLU/Clip into the
+            # preceding Conv's quantisation instead of running them in float.
+            extra_options={"ActivationSymmetric": recipe.activation_type == "qint8", "WeightSymmetric": True},
+        )
+
+
+def quantized_op_types(recipe: Int8Recipe) -> list[str]:
+    """The op types the recipe lets ONNX Runtime quantize: every one it can in QDQ format, less ``float_op_types``."""
+    from onnxruntime.quantization.registry import QDQRegistry
+
+    return sorted(t for t in QDQRegistry if t not in set(recipe.float_op_types))
+
+
+def _check_calibration(calibration: np.ndarray) -> str | None:
+    if calibration.ndim != 4 or len(calibration) == 0:
+        raise ValueError(f"calibration images must be a non-empty (N, 3, H, W) array, got shape {calibration.shape}")
+    warning = calibration_warning(len(calibration))
+    if warning:
+        warnings.warn(warning, CalibrationWarning, stacklevel=3)
+    return warning
+
+
+def _prepare(src: Path, scratch: Path) -> Path:
+    from onnxruntime.quantization import quant_pre_process
+
+    prepared = scratch / "prepared.onnx"
+    quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+    return prepared
+
+
+def _excluded_nodes(prepared: onnx.ModelProto, recipe: Int8Recipe) -> list[str]:
+    excluded = list(recipe.float_nodes)
+    if recipe.float_classifier:
+        excluded += classifier_nodes(prepared)
+    return excluded
+
+
+def _finish(path: Path, src: Path, recipe: Int8Recipe, images: int) -> None:
+    """Give the quantized model at ``path`` the source's metadata and how it was quantized; check it."""
+    quantized = onnx.load(str(path))
+    props = read_metadata(src)
+    if recipe.reduce_range_reason:
+        props["int8_weight_range"] = ("7-bit" if recipe.reduce_range else "8-bit") + f" ({recipe.reduce_range_reason})"
+    activation_symmetry = "symmetric" if recipe.activation_type == "qint8" else "asymmetric"
+    props.update(precision="int8", quantization=(
+        f"onnxruntime static QDQ, S8 weights per-channel symmetric{' (7-bit range)' if recipe.reduce_range else ''}, "
+        f"{recipe.activation_type} activations "
+        f"{activation_symmetry}, {recipe.calibrate_method} calibration on {images} images"))
+    _replace_metadata(quantized, props)
+    onnx.save_model(quantized, str(path), save_as_external_data=False)
+    onnx.checker.check_model(str(path))
+
+
+def _summary(dst: Path, recipe: Int8Recipe, images: int, warning: str | None, excluded: list[str]) -> dict[str, Any]:
     counts = op_counts(onnx.load(str(dst), load_external_data=False))
     return {
-        "calibration_images": int(len(calibration)),
+        "calibration_images": int(images),
         "calibration_warning": warning,
         "activation_type": recipe.activation_type,
         "weight_type": "qint8",
@@ -235,7 +360,7 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, recipe: Int8Rec
         "symmetric": True,  # weights
         "reduce_range": recipe.reduce_range,
         "reduce_range_reason": recipe.reduce_range_reason,
-        "activations": activation_symmetry,
+        "activations": "symmetric" if recipe.activation_type == "qint8" else "asymmetric",
         "calibrate_method": recipe.calibrate_method,
         "float_op_types": list(recipe.float_op_types),
         "float_nodes": excluded,

@@ -6,13 +6,13 @@ the verdict of a per-precision tolerance policy. Running the backends is the val
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from pipeline.config import ValidateConfig
+from pipeline.config import PipelineConfig, ValidateConfig
 from pipeline.metrics import ConfusionMatrix
 from pipeline.runtime.base import Predictor
 from pipeline.status import Status
@@ -46,6 +46,24 @@ class TolerancePolicy:
 
     def checks_shapes(self, precision: str) -> bool:
         return precision in self.logit_atol
+
+
+def validation_batches(config: PipelineConfig,
+                       max_images: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(images NCHW float32, targets) batches of the val split that validation scores: the first
+    ``max_images`` (default ``validate.max_images``; None = the whole split)."""
+    from torch.utils.data import DataLoader, Subset
+
+    from pipeline.data import build_dataset
+    from pipeline.tasks import get_task
+
+    dataset = build_dataset(config.data, "val")
+    limit = max_images or config.validate_.max_images
+    if limit:
+        dataset = Subset(dataset, range(min(limit, len(dataset))))
+    for images, targets in DataLoader(dataset, batch_size=config.validate_.batch_size, shuffle=False,
+                                      collate_fn=get_task(config.task).collate):
+        yield images.numpy(), targets.numpy()
 
 
 def tensor_parity(reference: np.ndarray, candidate: np.ndarray, *, rel_floor: float = 1e-3) -> dict[str, float]:

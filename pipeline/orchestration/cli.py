@@ -1,4 +1,4 @@
-"""Command line: parse, call, print. ``python -m pipeline run|status|methods|sweep|bench|gate ...``"""
+"""Command line: parse, call, print. ``python -m pipeline run|status|methods|sweep|bench|gate|sensitivity ...``"""
 
 from __future__ import annotations
 
@@ -66,6 +66,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--min-iters", type=int, default=50)
     bench.add_argument("--min-seconds", type=float, default=2.0)
     bench.add_argument("--out", type=Path, help="folder for bench.{json,csv,md}")
+    sensitivity = commands.add_parser(
+        "sensitivity", parents=[common],
+        help="per-node INT8 sensitivity of a finished run, and which nodes to keep in float")
+    sensitivity.add_argument("run_dir", type=Path, help="run folder with export_onnx/student.onnx, e.g. exported/smoke")
+    sensitivity.add_argument("--mode", choices=("keep-one-float", "quantize-one"), default="keep-one-float",
+                             help="keep-one-float: full INT8 but one node in float, gain vs INT8 (default); "
+                                  "quantize-one: only one node in INT8, loss vs FP32")
+    sensitivity.add_argument("--nodes", type=_positive, metavar="N", help="measure only the first N quantized nodes")
+    sensitivity.add_argument("--val-images", type=_positive, metavar="N",
+                             help="score on the first N val images (default: validate.max_images, as validate does)")
+    sensitivity.add_argument("--latency", action=argparse.BooleanOptionalAction, default=True,
+                             help="time each model's p50 in ONNX Runtime (default on)")
+    sensitivity.add_argument("--threads", type=_positive, help="intra-op threads (default: the run's benchmark.threads)")
+    sensitivity.add_argument("--iters", type=_positive, default=20, help="timed calls per model (default 20)")
+    sensitivity.add_argument("--out", type=Path, help="folder for sensitivity.{json,csv,md} (default: RUN_DIR/sensitivity)")
     gate = commands.add_parser("gate", parents=[common],
                                 help="compare a run's metrics with a baseline; exit 1 on any regression")
     gate.add_argument("run_dir", type=Path, help="run folder holding metrics.json, e.g. exported/smoke")
@@ -88,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="with --write-baseline: bound each backend/PyTorch p50 ratio by X instead of "
                            "the measured ratio (noisy CI machines)")
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -211,8 +236,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    from pipeline.measurement.sensitivity import SensitivityOptions, run_sensitivity, suggestion_text
+
+    options = SensitivityOptions(mode=args.mode, max_nodes=args.nodes, val_images=args.val_images,
+                                 latency=args.latency, threads=args.threads, iters=args.iters)
+    report = run_sensitivity(args.run_dir, options, out=args.out)
+    label = report.context["metric_label"]
+    print()
+    print(f"most sensitive nodes ({report.context['sorted_by']}):")
+    for row in [r for r in report.rows if r["kind"] == "node"][:5]:
+        print(f"  {row['name']:<32} {row['op_type'] or '':<10} {label} {row['metric']:.4f}  "
+              f"{row['delta_vs_int8']:+.4f} vs INT8  {row['delta_vs_fp32']:+.4f} vs FP32")
+    if report.suggestion is not None:
+        print()
+        print(suggestion_text(report.context["suggestion"], label))
+    print(f"\nwritten: {', '.join(str(p) for p in report.paths)}  ({report.context['seconds']} s)")
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "status": cmd_status, "methods": cmd_methods, "sweep": cmd_sweep, "bench": cmd_bench,
-            "gate": cmd_gate}
+            "gate": cmd_gate, "sensitivity": cmd_sensitivity}
 
 
 def main(argv: list[str] | None = None) -> int:

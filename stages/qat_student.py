@@ -13,6 +13,7 @@ into a fresh student), ``ranges.pt`` the activation ranges.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -76,14 +77,15 @@ def objective_for(ctx: StageContext) -> tuple[nn.Module, nn.Module]:
     return objective, distiller.student
 
 
-def export_qat(student: nn.Module, dst: Path, ctx: StageContext, signed: bool) -> dict[str, Any]:
-    """Write the Q/DQ ONNX model of the fake-quantized ``student`` (activations re-expressed as S8
-    symmetric when ``signed``), with INT8 weight initializers; returns its metrics entry."""
+def export_qat(student: nn.Module, dst: Path, ctx: StageContext, scheme: FakeQuantScheme) -> dict[str, Any]:
+    """Write the Q/DQ ONNX model of the fake-quantized ``student`` in ``scheme``'s formats (the trained
+    ranges re-expressed as S8 symmetric for TensorRT), with INT8 weight initializers; returns its
+    metrics entry."""
+    signed = scheme.signed_activations
     ready = export_ready(student, signed_activations=signed)
     config = ctx.config
     size = config.data.image_size
     props = read_metadata(ctx.input_path("export_onnx", "onnx"))
-    scheme = quant_convs(ready)[0].input_quantizer.scheme
     props.update(precision="int8", quantization=(
         f"quantization-aware ({'with the teacher' if config.qat.teacher else 'CE only'}), S8 weights per-channel "
         f"symmetric ({scheme.weight_bits}-bit range), {'S8 symmetric' if signed else 'U8 asymmetric'} activations"))
@@ -125,7 +127,7 @@ def run(ctx: StageContext) -> StageResult:
     files = []
     for label, name, signed in jobs:
         try:
-            entry = export_qat(student, ctx.dir / name, ctx, signed)
+            entry = export_qat(student, ctx.dir / name, ctx, replace(scheme, signed_activations=signed))
             if label == "int8_qat_tensorrt":
                 entry.update(qdq_float_parts_to_fp16(ctx.dir / name))
             entry.update(path=f"{ctx.stage.name}/{name}", size_bytes=(ctx.dir / name).stat().st_size)

@@ -210,6 +210,9 @@ class QuantizeConfig(StrictModel):
     float_op_types: tuple[str, ...] = Field(("Resize",), description="op types kept in float")
     float_nodes: tuple[str, ...] = Field((), description="node names kept in float")
     float_classifier: bool = Field(True, description="keep the final classifier Conv in float")
+    # Per-tensor weights are for targets whose INT8 kernels take one weight scale per layer (some
+    # NPUs and DSPs); depthwise convolutions with batch norm folded in often lose accuracy that way.
+    per_channel: bool = Field(True, description="one INT8 weight scale per output channel (false: one per layer)")
     reduce_range: bool | Literal["auto"] = Field(
         "auto", description="7-bit INT8 weights; auto = where the CPU that quantizes and validates is an x86 "
                             "without VNNI (AVX2-only), whose U8S8 kernels can saturate with full-range weights")

@@ -2,8 +2,8 @@
 
 The distilled student (with its distillation heads, against the frozen teacher, through the same
 method slot; or alone with CE when ``qat.teacher`` is false) gets fake quantization matching the
-INT8 recipe (``pipeline/deployment/fake_quant.py``): per-channel symmetric S8 weights (7-bit where
-``quantize.reduce_range`` resolves so on this CPU), U8 or S8 activations, the classifier in
+INT8 recipe (``pipeline/deployment/fake_quant.py``): symmetric S8 weights, per channel unless
+``quantize.per_channel`` is false (7-bit where ``quantize.reduce_range`` resolves so on this CPU), U8 or S8 activations, the classifier in
 float. Ranges start from the calibration images, then follow training. The fine-tuned student is
 exported as exactly the graph trained: ``student_int8_qat.onnx`` for ONNX Runtime, and where a
 TensorRT INT8 engine is asked for, a twin with S8 symmetric activations (the same ranges) and FP16
@@ -54,7 +54,8 @@ def scheme_for(ctx: StageContext) -> FakeQuantScheme:
     activation = ctx.config.qat.activation_type
     if activation == "auto":
         activation = recipe.activation_type
-    return FakeQuantScheme(signed_activations=activation == "qint8", weight_bits=7 if recipe.reduce_range else 8)
+    return FakeQuantScheme(signed_activations=activation == "qint8", weight_bits=7 if recipe.reduce_range else 8,
+                           per_channel_weights=recipe.per_channel)
 
 
 def float_modules(student: nn.Module, config_float_classifier: bool) -> list[nn.Module]:
@@ -87,8 +88,8 @@ def export_qat(student: nn.Module, dst: Path, ctx: StageContext, scheme: FakeQua
     size = config.data.image_size
     props = read_metadata(ctx.input_path("export_onnx", "onnx"))
     props.update(precision="int8", quantization=(
-        f"quantization-aware ({'with the teacher' if config.qat.teacher else 'CE only'}), S8 weights per-channel "
-        f"symmetric ({scheme.weight_bits}-bit range), {'S8 symmetric' if signed else 'U8 asymmetric'} activations"))
+        f"quantization-aware ({'with the teacher' if config.qat.teacher else 'CE only'}), S8 weights "
+        f"{'per-channel' if scheme.per_channel_weights else 'per-tensor'} symmetric ({scheme.weight_bits}-bit range), {'S8 symmetric' if signed else 'U8 asymmetric'} activations"))
     # torch.export cannot trace the fake-quantize ops under symbolic shapes (torch 2.14): TorchScript does.
     export_onnx(ready, dst, example_shape=(2 if config.export.dynamic else 1, 3, size, size),
                 opset=config.export.opset, dynamic=config.export.dynamic, argmax=config.export.argmax,
@@ -119,7 +120,8 @@ def run(ctx: StageContext) -> StageResult:
     atomic_torch_save(quantizer_state(student_state), ctx.dir / "ranges.pt")
     summary = result.metrics[keys.QAT]
     summary.update(teacher=config.qat.teacher, activation_type="qint8" if scheme.signed_activations else "quint8",
-                   weight_bits=scheme.weight_bits, quantized_convs=len(quant_convs(student)),
+                   weight_bits=scheme.weight_bits, per_channel_weights=scheme.per_channel_weights,
+                   quantized_convs=len(quant_convs(student)),
                    weight_bits_reason=reduce_range_here(config.quantize.reduce_range)[1])
     jobs = [("int8_qat", QAT_NAME, scheme.signed_activations)]
     if needs_tensorrt_twin(ctx):

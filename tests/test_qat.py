@@ -53,8 +53,8 @@ def tiny_net() -> nn.Sequential:
     return net.eval()
 
 
-def qat_net() -> nn.Sequential:
-    net = prepare_qat(tiny_net(), U8)
+def qat_net(scheme: FakeQuantScheme = U8) -> nn.Sequential:
+    net = prepare_qat(tiny_net(), scheme)
     calibrate_ranges(net, [torch.randn(8, 3, 16, 16) for _ in range(3)])
     return net.eval()
 
@@ -108,6 +108,20 @@ def test_weights_are_per_channel_symmetric_on_at_most_255_levels_and_7_bit_when_
         assert all(len(torch.unique(q[c])) <= levels for c in range(q.shape[0]))
 
 
+def test_per_tensor_weights_share_one_scale_per_convolution():
+    net = prepare_qat(tiny_net(), FakeQuantScheme(signed_activations=False, per_channel_weights=False))
+    weight, _ = net[3].folded()
+    scale = net[3].weight_scale(weight)
+    assert scale.ndim == 0 and scale == weight.detach().abs().max() / 127
+    q = torch.round(weight.detach() / scale)
+    assert q.abs().max() == 127 and len(torch.unique(q)) <= 255
+    # The fake-quantized weight is that grid: the convolution's output with it equals one computed by hand.
+    x = torch.randn(1, 8, 16, 16)
+    _, bias = net[3].folded()
+    by_hand = nn.functional.conv2d(net[3].input_quantizer.train()(x), q * scale, bias, padding=1)
+    assert torch.allclose(net[3](x), by_hand, atol=1e-5)
+
+
 def test_activation_ranges_are_u8_asymmetric_or_s8_symmetric_with_zero_exact():
     for signed in (False, True):
         quantizer = ActivationQuantizer(FakeQuantScheme(signed_activations=signed)).train()
@@ -125,10 +139,12 @@ def test_an_uncalibrated_quantizer_refuses_to_run_in_eval():
         ActivationQuantizer(U8).eval()(torch.zeros(1))
 
 
-def test_the_qdq_onnx_model_runs_what_the_fake_quantized_model_computes(tmp_path):
+@pytest.mark.parametrize("per_channel", [True, False], ids=["per-channel", "per-tensor"])
+def test_the_qdq_onnx_model_runs_what_the_fake_quantized_model_computes(tmp_path, per_channel):
     """Within one quantization step of the output, both with ONNX Runtime's reference Q/DQ semantics and
-    with its fused integer kernels; and the weight initializers are INT8 (a quarter of the float size)."""
-    net = qat_net()
+    with its fused integer kernels; and the weight initializers are INT8 (a quarter of the float size),
+    with one scale per output channel or one per convolution."""
+    net = qat_net(FakeQuantScheme(signed_activations=False, per_channel_weights=per_channel))
     path = export_qdq(net, tmp_path / "qat.onnx")
     x = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
@@ -139,6 +155,13 @@ def test_the_qdq_onnx_model_runs_what_the_fake_quantized_model_computes(tmp_path
     model = onnx.load(str(path))
     weights = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
     assert len(weights) == 3
+    constants = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    constants.update({n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node
+                      if n.op_type == "Constant"})
+    channels = {w.name: w.dims[0] for w in weights}
+    scale_sizes = {n.input[0]: constants[n.input[1]].size for n in model.graph.node
+                   if n.op_type == "DequantizeLinear" and n.input[0] in channels}
+    assert scale_sizes == {name: count if per_channel else 1 for name, count in channels.items()}
     assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) == 3 + 2 + 1  # inputs, activations, output
 
 

@@ -15,9 +15,11 @@ from pipeline.deployment.export import export_onnx, read_metadata
 from pipeline.deployment.quantize import (
     CalibrationWarning,
     Int8Recipe,
+    calibrate_int8,
     classifier_nodes,
     convert_fp16,
     qdq_float_parts_to_fp16,
+    quantize_calibrated,
     quantize_int8,
     resolve_reduce_range,
 )
@@ -56,6 +58,31 @@ def test_int8_model_is_symmetric_per_channel_qdq_and_keeps_dynamic_shapes(fp32_f
     for shape in ((1, 3, 32, 32), (2, 3, 48, 64)):
         x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
         assert run(dst, x).shape == run(fp32_file, x).shape
+
+
+def weight_scale_sizes(path: Path) -> list[int]:
+    """The scale size of every DequantizeLinear of a weight (a 4-d INT8 initializer)."""
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return [inits[n.input[1]].size for n in model.graph.node if n.op_type == "DequantizeLinear"
+            and n.input[0] in inits and inits[n.input[0]].ndim == 4]
+
+
+def test_per_tensor_weights_have_one_scale_per_layer_in_both_quantize_paths(fp32_file, tmp_path):
+    recipe = Int8Recipe(per_channel=False)
+    info = quantize_int8(fp32_file, tmp_path / "one_shot.onnx", calibration(16), recipe)
+    (tmp_path / "work").mkdir()
+    calibrated = calibrate_int8(fp32_file, calibration(16), recipe, tmp_path / "work")
+    quantize_calibrated(calibrated, tmp_path / "calibrated.onnx")
+    for path in (tmp_path / "one_shot.onnx", tmp_path / "calibrated.onnx"):
+        sizes = weight_scale_sizes(path)
+        assert sizes and set(sizes) == {1}
+        assert "per-tensor" in read_metadata(path)["quantization"]
+    assert info["per_channel"] is False
+    quantize_int8(fp32_file, tmp_path / "per_channel.onnx", calibration(16), Int8Recipe())
+    assert max(weight_scale_sizes(tmp_path / "per_channel.onnx")) > 1  # the default, for contrast
+    # TensorRT's twin keeps per-channel weights whatever the target's setting.
+    assert recipe.for_tensorrt().per_channel
 
 
 def test_the_tensorrt_int8_model_is_int8_convs_and_fp16_everywhere_else(fp32_file, tmp_path):

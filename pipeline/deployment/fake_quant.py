@@ -50,6 +50,7 @@ class FakeQuantScheme:
 
     signed_activations: bool  # S8 symmetric (TensorRT); U8 asymmetric (ONNX Runtime on CPU) otherwise
     weight_bits: int = 8  # 7 where ONNX Runtime's VNNI-less x86 kernels need 7-bit weights
+    per_channel_weights: bool = True  # one weight scale per output channel, else one per convolution
     momentum: float = 0.01  # of the activation ranges' moving average while training
 
     @property
@@ -121,6 +122,7 @@ class QuantConv2d(nn.Conv2d):
     output_quantizer: ActivationQuantizer | None
     folded_bn: list[nn.BatchNorm2d]  # a list, so the batch norm is not registered twice
     weight_max: int
+    per_channel_weights: bool
 
     def folded(self) -> tuple[Tensor, Tensor | None]:
         """Weight and bias with the following batch norm folded in (running statistics frozen)."""
@@ -134,17 +136,23 @@ class QuantConv2d(nn.Conv2d):
         return self.weight * factor.reshape(-1, 1, 1, 1), bias
 
     def weight_scale(self, weight: Tensor) -> Tensor:
-        """Per output channel, symmetric: the largest magnitude maps to ``weight_max``."""
+        """Symmetric, per output channel (or one for the whole weight): the largest magnitude maps
+        to ``weight_max``."""
         frozen = getattr(self, "frozen_weight_scale", None)
         if frozen is not None:  # a constant initializer in the ONNX graph, as TensorRT requires
             return frozen
-        return weight.detach().abs().amax(dim=(1, 2, 3)).clamp_min(1e-12) / self.weight_max
+        magnitude = weight.detach().abs()
+        peak = magnitude.amax(dim=(1, 2, 3)) if self.per_channel_weights else magnitude.amax()
+        return peak.clamp_min(1e-12) / self.weight_max
 
     def forward(self, x: Tensor) -> Tensor:
         weight, bias = self.folded()
         scale = self.weight_scale(weight)
-        zero_point = torch.zeros(weight.shape[0], dtype=torch.int32, device=weight.device)
-        weight = torch.fake_quantize_per_channel_affine(weight, scale, zero_point, 0, -128, 127)
+        zero_point = torch.zeros(scale.shape, dtype=torch.int32, device=weight.device)
+        if self.per_channel_weights:
+            weight = torch.fake_quantize_per_channel_affine(weight, scale, zero_point, 0, -128, 127)
+        else:
+            weight = torch.fake_quantize_per_tensor_affine(weight, scale, zero_point, -128, 127)
         y = self._conv_forward(self.input_quantizer(x), weight, bias)
         return y if self.output_quantizer is None else self.output_quantizer(y)
 
@@ -209,6 +217,7 @@ def prepare_qat(model: nn.Module, scheme: FakeQuantScheme, float_modules: Iterab
         module.output_quantizer = None
         module.folded_bn = [] if bn is None else [bn]
         module.weight_max = scheme.weight_max
+        module.per_channel_weights = scheme.per_channel_weights
         if bn is not None:
             bn.__class__ = FoldedBatchNorm2d
         if activation is None and id(module) in follows:

@@ -55,6 +55,7 @@ class Int8Recipe:
     float_op_types: tuple[str, ...] = _CONFIG.float_op_types  # op types left in float
     float_nodes: tuple[str, ...] = _CONFIG.float_nodes  # node names left in float
     float_classifier: bool = _CONFIG.float_classifier  # keep the final classifier Conv in float
+    per_channel: bool = _CONFIG.per_channel  # one weight scale per output channel, else one per tensor
     # 7-bit weights: on x86 CPUs without VNNI, ONNX Runtime's U8S8 kernels add pairs of u8 x s8
     # products in saturating 16-bit lanes, which full-range weights can overflow.
     reduce_range: bool = False
@@ -67,13 +68,15 @@ class Int8Recipe:
         reduce_range, reason = reduce_range_here(config.reduce_range)
         return cls(activation_type=config.activation_type, calibrate_method=config.calibrate_method,
                    float_op_types=config.float_op_types, float_nodes=config.float_nodes,
-                   float_classifier=config.float_classifier, reduce_range=reduce_range,
+                   float_classifier=config.float_classifier, per_channel=config.per_channel,
+                   reduce_range=reduce_range,
                    reduce_range_reason=reason)
 
     def for_tensorrt(self) -> "Int8Recipe":
-        """The twin TensorRT builds from: symmetric S8 activations (TensorRT's Q/DQ) and full-range
-        weights (its INT8 kernels do not saturate like ONNX Runtime's VNNI-less x86 ones)."""
-        return replace(self, activation_type="qint8", reduce_range=False,
+        """The twin TensorRT builds from: symmetric S8 activations (TensorRT's Q/DQ), full-range
+        weights (its INT8 kernels do not saturate like ONNX Runtime's VNNI-less x86 ones) and per-channel
+        weights (which TensorRT supports on every layer; ``per_channel: false`` is for other targets)."""
+        return replace(self, activation_type="qint8", reduce_range=False, per_channel=True,
                        reduce_range_reason="TensorRT twin: always full-range weights")
 
 
@@ -196,7 +199,7 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, recipe: Int8Rec
                 _ArrayReader(model.graph.input[0].name, calibration, fixed_batch(model) or recipe.batch_size),
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=settings.op_types,
-                per_channel=True,
+                per_channel=recipe.per_channel,
                 activation_type=settings.activation,
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=excluded,
@@ -267,7 +270,7 @@ def quantize_calibrated(calibrated: Int8Calibration, dst: Path, *, extra_float_n
     model = update_opset_version(load_model_with_shape_infer(calibrated.prepared), QuantType.QInt8,
                                  settings.activation)
     check_static_quant_arguments(QuantFormat.QDQ, settings.activation, QuantType.QInt8)
-    quantizer = QDQQuantizer(model, True, recipe.reduce_range, QuantType.QInt8, settings.activation,
+    quantizer = QDQQuantizer(model, recipe.per_channel, recipe.reduce_range, QuantType.QInt8, settings.activation,
                              calibrated.ranges, list(only_nodes), excluded, settings.op_types,
                              settings.extra_options)
     quantizer.quantize_model()
@@ -341,7 +344,7 @@ def _finish(path: Path, src: Path, recipe: Int8Recipe, images: int) -> None:
         props["int8_weight_range"] = ("7-bit" if recipe.reduce_range else "8-bit") + f" ({recipe.reduce_range_reason})"
     activation_symmetry = "symmetric" if recipe.activation_type == "qint8" else "asymmetric"
     props.update(precision="int8", quantization=(
-        f"onnxruntime static QDQ, S8 weights per-channel symmetric{' (7-bit range)' if recipe.reduce_range else ''}, "
+        f"onnxruntime static QDQ, S8 weights {'per-channel' if recipe.per_channel else 'per-tensor'} symmetric{' (7-bit range)' if recipe.reduce_range else ''}, "
         f"{recipe.activation_type} activations "
         f"{activation_symmetry}, {recipe.calibrate_method} calibration on {images} images"))
     _replace_metadata(quantized, props)
@@ -356,7 +359,7 @@ def _summary(dst: Path, recipe: Int8Recipe, images: int, warning: str | None, ex
         "calibration_warning": warning,
         "activation_type": recipe.activation_type,
         "weight_type": "qint8",
-        "per_channel": True,
+        "per_channel": recipe.per_channel,
         "symmetric": True,  # weights
         "reduce_range": recipe.reduce_range,
         "reduce_range_reason": recipe.reduce_range_reason,

@@ -64,3 +64,19 @@ def test_the_frontier_is_written_as_json_and_markdown(tmp_path):
     assert len(written["rows"]) == len(HAND_MADE)
     markdown = md_path.read_text()
     assert "| C | 3.00 | 74.00 | no | B |" in markdown and "- metric: miou" in markdown
+
+
+def test_frontier_labels_of_nearby_points_are_stacked_a_line_apart_and_distant_ones_stay_put():
+    import matplotlib.pyplot as plt
+
+    from pipeline.reporting.charts import label_lifts
+
+    figure, ax = plt.subplots(figsize=(6, 4))
+    xy = [(0.27, 83.2), (0.27, 82.8), (0.28, 83.0), (3.5, 66.0)]
+    ax.scatter(*zip(*xy))
+    lifts = label_lifts(xy, ax, fontsize=8)
+    to_points = 72.0 / figure.dpi
+    label_y = sorted(ax.transData.transform(p)[1] * to_points + lift for p, lift in zip(xy[:3], lifts))
+    assert all(upper - lower >= 8 * 1.3 - 1e-6 for lower, upper in zip(label_y, label_y[1:]))
+    assert lifts[0] == 0.0 and lifts[3] == 0.0  # the top label and a far-away one keep their place
+    plt.close(figure)

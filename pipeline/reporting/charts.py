@@ -89,13 +89,16 @@ def latency_vs_miou(points: Mapping[str, tuple[float, float]], front: Collection
     """One point per deployment: p50 latency (x, ms) against the task metric (y, %). Points named
     in ``front`` (the Pareto frontier) are ringed and joined by the frontier's staircase."""
     crowded = len(points) > _MAX_LABELLED_POINTS
+    fontsize = 8 if crowded else 9
     figure, ax = plt.subplots(figsize=(8.5, 5.2) if crowded else (6.5, 4.2))
     for index, (label, (latency, miou)) in enumerate(points.items()):
         ax.scatter([latency], [miou], s=40 if crowded else 60, color=f"C{index % 10}", zorder=3)
         if label in front:
             ax.scatter([latency], [miou], s=150, facecolors="none", edgecolors="black", linewidths=1.2, zorder=4)
-        if label in front or not crowded:
-            ax.annotate(label, (latency, miou), textcoords="offset points", xytext=(6, 6), fontsize=8 if crowded else 9)
+    ax.margins(0.25)
+    labelled = [label for label in points if label in front or not crowded]
+    for label, lift in zip(labelled, label_lifts([points[label] for label in labelled], ax, fontsize)):
+        ax.annotate(label, points[label], textcoords="offset points", xytext=(6, 6 + lift), fontsize=fontsize)
     staircase = sorted((points[label] for label in front if label in points), key=lambda p: (p[0], -p[1]))
     if len(staircase) > 1:
         ax.step([p[0] for p in staircase], [p[1] for p in staircase], where="post", color="black", alpha=0.5,
@@ -104,8 +107,26 @@ def latency_vs_miou(points: Mapping[str, tuple[float, float]], front: Collection
     ax.set(xlabel="p50 latency, ms (lower is better)", ylabel=f"{metric_label} (higher is better)",
            title="latency vs accuracy" + (": Pareto frontier ringed" if front else ""))
     ax.grid(alpha=0.3)
-    ax.margins(0.25)
     return png_bytes(figure)
+
+
+def label_lifts(xy: Sequence[tuple[float, float]], ax: Any, fontsize: float) -> list[float]:
+    """Vertical offsets (points) that keep labels of nearby points a line apart: from the top label
+    down, each one that would overlap the one above (horizontally within a label's width) moves below it."""
+    ax.autoscale_view()
+    to_points = 72.0 / ax.figure.dpi
+    anchors = [tuple(v * to_points for v in ax.transData.transform(p)) for p in xy]
+    line, width = fontsize * 1.3, fontsize * 14  # a label's height and a generous width, in points
+    lifts = [0.0] * len(xy)
+    placed: list[tuple[float, float]] = []  # (x, label y) of the labels placed so far
+    for i in sorted(range(len(xy)), key=lambda i: -anchors[i][1]):
+        x, y = anchors[i]
+        for px, py in placed:
+            if abs(px - x) < width and y > py - line:
+                y = py - line
+        lifts[i] = y - anchors[i][1]
+        placed.append((x, y))
+    return lifts
 
 
 def sample_grid(images: Sequence[np.ndarray], panels: Mapping[str, Sequence[np.ndarray]],

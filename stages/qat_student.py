@@ -3,8 +3,8 @@
 The distilled student (with its distillation heads, against the frozen teacher, through the same
 method slot; or alone with CE when ``qat.teacher`` is false) gets fake quantization matching the
 INT8 recipe (``pipeline/deployment/fake_quant.py``): symmetric S8 weights, per channel unless
-``quantize.per_channel`` is false (7-bit where ``quantize.reduce_range`` resolves so on this CPU), U8 or S8 activations, the classifier in
-float. Ranges start from the calibration images, then follow training. The fine-tuned student is
+``quantize.per_channel`` is false (7-bit where ``quantize.reduce_range`` resolves so on this CPU),
+U8 or S8 activations, the classifier in float. Ranges start from the calibration images, then follow training. The fine-tuned student is
 exported as exactly the graph trained: ``student_int8_qat.onnx`` for ONNX Runtime, and where a
 TensorRT INT8 engine is asked for, a twin with S8 symmetric activations (the same ranges) and FP16
 outside the quantized convolutions. ``student.pt`` holds the plain student's weights (strict-loadable
@@ -87,9 +87,10 @@ def export_qat(student: nn.Module, dst: Path, ctx: StageContext, scheme: FakeQua
     config = ctx.config
     size = config.data.image_size
     props = read_metadata(ctx.input_path("export_onnx", "onnx"))
+    weights = "per-channel" if scheme.per_channel_weights else "per-tensor"
     props.update(precision="int8", quantization=(
-        f"quantization-aware ({'with the teacher' if config.qat.teacher else 'CE only'}), S8 weights "
-        f"{'per-channel' if scheme.per_channel_weights else 'per-tensor'} symmetric ({scheme.weight_bits}-bit range), {'S8 symmetric' if signed else 'U8 asymmetric'} activations"))
+        f"quantization-aware ({'with the teacher' if config.qat.teacher else 'CE only'}), S8 weights {weights} "
+        f"symmetric ({scheme.weight_bits}-bit range), {'S8 symmetric' if signed else 'U8 asymmetric'} activations"))
     # torch.export cannot trace the fake-quantize ops under symbolic shapes (torch 2.14): TorchScript does.
     export_onnx(ready, dst, example_shape=(2 if config.export.dynamic else 1, 3, size, size),
                 opset=config.export.opset, dynamic=config.export.dynamic, argmax=config.export.argmax,

@@ -69,8 +69,7 @@ class Int8Recipe:
         return cls(activation_type=config.activation_type, calibrate_method=config.calibrate_method,
                    float_op_types=config.float_op_types, float_nodes=config.float_nodes,
                    float_classifier=config.float_classifier, per_channel=config.per_channel,
-                   reduce_range=reduce_range,
-                   reduce_range_reason=reason)
+                   reduce_range=reduce_range, reduce_range_reason=reason)
 
     def for_tensorrt(self) -> "Int8Recipe":
         """The twin TensorRT builds from: symmetric S8 activations (TensorRT's Q/DQ), full-range
@@ -270,8 +269,8 @@ def quantize_calibrated(calibrated: Int8Calibration, dst: Path, *, extra_float_n
     model = update_opset_version(load_model_with_shape_infer(calibrated.prepared), QuantType.QInt8,
                                  settings.activation)
     check_static_quant_arguments(QuantFormat.QDQ, settings.activation, QuantType.QInt8)
-    quantizer = QDQQuantizer(model, recipe.per_channel, recipe.reduce_range, QuantType.QInt8, settings.activation,
-                             calibrated.ranges, list(only_nodes), excluded, settings.op_types,
+    quantizer = QDQQuantizer(model, recipe.per_channel, recipe.reduce_range, QuantType.QInt8,
+                             settings.activation, calibrated.ranges, list(only_nodes), excluded, settings.op_types,
                              settings.extra_options)
     quantizer.quantize_model()
     with atomic_path(dst) as tmp:
@@ -343,8 +342,9 @@ def _finish(path: Path, src: Path, recipe: Int8Recipe, images: int) -> None:
     if recipe.reduce_range_reason:
         props["int8_weight_range"] = ("7-bit" if recipe.reduce_range else "8-bit") + f" ({recipe.reduce_range_reason})"
     activation_symmetry = "symmetric" if recipe.activation_type == "qint8" else "asymmetric"
+    weights = "per-channel" if recipe.per_channel else "per-tensor"
     props.update(precision="int8", quantization=(
-        f"onnxruntime static QDQ, S8 weights {'per-channel' if recipe.per_channel else 'per-tensor'} symmetric{' (7-bit range)' if recipe.reduce_range else ''}, "
+        f"onnxruntime static QDQ, S8 weights {weights} symmetric{' (7-bit range)' if recipe.reduce_range else ''}, "
         f"{recipe.activation_type} activations "
         f"{activation_symmetry}, {recipe.calibrate_method} calibration on {images} images"))
     _replace_metadata(quantized, props)

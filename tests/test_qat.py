@@ -68,6 +68,14 @@ def export_qdq(net: nn.Module, path: Path, signed: bool = False) -> Path:
     return path
 
 
+def graph_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Every constant of the graph by name: initializers and Constant nodes' outputs."""
+    constants = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    constants.update({n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node
+                      if n.op_type == "Constant"})
+    return constants
+
+
 def run_ort(path: Path, x: np.ndarray, optimize: bool) -> np.ndarray:
     options = ort.SessionOptions()
     if not optimize:
@@ -110,14 +118,13 @@ def test_weights_are_per_channel_symmetric_on_at_most_255_levels_and_7_bit_when_
 
 def test_per_tensor_weights_share_one_scale_per_convolution():
     net = prepare_qat(tiny_net(), FakeQuantScheme(signed_activations=False, per_channel_weights=False))
-    weight, _ = net[3].folded()
+    weight, bias = net[3].folded()
     scale = net[3].weight_scale(weight)
     assert scale.ndim == 0 and scale == weight.detach().abs().max() / 127
     q = torch.round(weight.detach() / scale)
     assert q.abs().max() == 127 and len(torch.unique(q)) <= 255
     # The fake-quantized weight is that grid: the convolution's output with it equals one computed by hand.
     x = torch.randn(1, 8, 16, 16)
-    _, bias = net[3].folded()
     by_hand = nn.functional.conv2d(net[3].input_quantizer.train()(x), q * scale, bias, padding=1)
     assert torch.allclose(net[3](x), by_hand, atol=1e-5)
 
@@ -155,9 +162,7 @@ def test_the_qdq_onnx_model_runs_what_the_fake_quantized_model_computes(tmp_path
     model = onnx.load(str(path))
     weights = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
     assert len(weights) == 3
-    constants = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
-    constants.update({n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node
-                      if n.op_type == "Constant"})
+    constants = graph_constants(model)
     channels = {w.name: w.dims[0] for w in weights}
     scale_sizes = {n.input[0]: constants[n.input[1]].size for n in model.graph.node
                    if n.op_type == "DequantizeLinear" and n.input[0] in channels}
@@ -167,10 +172,8 @@ def test_the_qdq_onnx_model_runs_what_the_fake_quantized_model_computes(tmp_path
 
 def test_the_tensorrt_twin_has_signed_symmetric_activations(tmp_path):
     model = onnx.load(str(export_qdq(qat_net(), tmp_path / "twin.onnx", signed=True)))
-    constants = {i.name: i for i in model.graph.initializer}
-    constants.update({n.output[0]: n.attribute[0].t for n in model.graph.node if n.op_type == "Constant"})
-    zero_points = [onnx.numpy_helper.to_array(constants[n.input[2]]) for n in model.graph.node
-                   if n.op_type == "QuantizeLinear"]
+    constants = graph_constants(model)
+    zero_points = [constants[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
     assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
 
 

@@ -220,9 +220,10 @@ def test_shipped_ablation_files_are_valid():
     warmup = load_sweep(ROOT / "configs" / "sweeps" / "ablation_tat_warmup.yaml")
     ramps = {run.variant: run.config.distill.warmup_steps for run in warmup.runs}
     student = warmup.runs[0].config.student.train
-    all_steps = student.epochs * (warmup.runs[0].config.data.train_size // student.batch_size)
+    images = student.max_images or warmup.runs[0].config.data.train_size
+    all_steps = student.epochs * (images // student.batch_size)
     assert ramps == {"baseline": 0, "kd": 0, "patch_anchor": 0, "patch_anchor_warmup": 160, "patch_anchor_w1_warmup": 160,
-                     "patch_anchor_w05_warmup": 160, "patch_anchor_w1_ramp_all": all_steps}
+                     "patch_anchor_w03_warmup": 160, "patch_anchor_w1_ramp_all": all_steps}
     official = load_sweep(ROOT / "configs" / "sweeps" / "ablation_tat_official.yaml")
     quirks = {run.variant: (run.config.distill.methods[0].options.get("per_image", False), run.config.distill.teacher_mode)
               for run in official.runs}
@@ -242,11 +243,11 @@ def test_every_shipped_sweep_trains_the_default_teacher_and_student():
 
 
 def test_the_grid_shares_its_default_cells_with_the_table7_ablation():
-    """The grid's header says its anchor_k2 and patch_4px_g16 runs can be hard-linked from the Table 7
+    """The grid's header says its anchor_k2 and patch_4px_g9 runs can be hard-linked from the Table 7
     sweep: that holds only while everything those runs read is equal."""
     grid = {run.variant: run.config for run in load_sweep(ROOT / "configs" / "sweeps" / "ablation_tat_grid.yaml", seeds=1).runs}
     table7 = {run.variant: run.config for run in load_sweep(ROOT / "configs" / "sweeps" / "ablation_tat.yaml", seeds=1).runs}
-    for grid_cell, table7_cell in [("anchor_k2", "anchor"), ("patch_4px_g16", "patch"), ("baseline", "baseline")]:
+    for grid_cell, table7_cell in [("anchor_k2", "anchor"), ("patch_4px_g9", "patch"), ("baseline", "baseline")]:
         for section in ("data", "teacher", "student", "distill"):
             assert grid[grid_cell].section(section) == table7[table7_cell].section(section), (grid_cell, section)
 

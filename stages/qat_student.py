@@ -24,6 +24,7 @@ from torch import nn
 from pipeline import metrics_contract as keys
 from pipeline.artifacts import atomic_path, atomic_torch_save
 from pipeline.builders import build_distiller, build_student, build_teacher
+from pipeline.config import PipelineConfig, TrainConfig
 from pipeline.data import dataset_info
 from pipeline.deployment.export import export_onnx, read_metadata
 from pipeline.deployment.fake_quant import (
@@ -56,6 +57,16 @@ def scheme_for(ctx: StageContext) -> FakeQuantScheme:
         activation = recipe.activation_type
     return FakeQuantScheme(signed_activations=activation == "qint8", weight_bits=7 if recipe.reduce_range else 8,
                            per_channel_weights=recipe.per_channel)
+
+
+def qat_train_config(config: PipelineConfig) -> TrainConfig:
+    """``qat.train``, on the images the student was given labels for (``student.train.max_images``)
+    unless it names its own: a student made from 64 labels is fine-tuned on those 64, not on the
+    teacher's."""
+    train = config.qat.train
+    if train.max_images is None and config.student.train.max_images is not None:
+        return train.model_copy(update={"max_images": config.student.train.max_images})
+    return train
 
 
 def float_modules(student: nn.Module, config_float_classifier: bool) -> list[nn.Module]:
@@ -114,7 +125,7 @@ def run(ctx: StageContext) -> StageResult:
     prepare_qat(student, scheme, float_modules(student, config.quantize.float_classifier))
     images = torch.from_numpy(calibration_images(ctx))
     calibrate_ranges(student, images.split(CALIBRATION_BATCH))
-    result = run_training(ctx, objective, config.qat.train, keys.QAT, "qat")
+    result = run_training(ctx, objective, qat_train_config(config), keys.QAT, "qat")
 
     student_state = {k: v.cpu() for k, v in student.state_dict().items()}
     atomic_torch_save(strip_quantizers(student_state), ctx.dir / "student.pt")

@@ -33,6 +33,7 @@ from pipeline.deployment.fake_quant import (
 )
 from pipeline.orchestration.cli import main
 
+ROOT = Path(__file__).resolve().parents[1]
 U8 = FakeQuantScheme(signed_activations=False)
 
 
@@ -219,3 +220,15 @@ def test_the_qat_stage_delivers_validated_int8_models_with_and_without_the_teach
     assert main(["run", "configs/smoke.yaml", "--out", str(smoke_copy), *fast, "qat.teacher=false"]) == 0
     metrics = json.loads((smoke_copy / "metrics.json").read_text())
     assert metrics["qat"]["teacher"] is False and metrics["backends"]["onnxruntime-int8-qat"]["status"] == "passed"
+
+
+def test_qat_fine_tunes_on_the_students_labelled_images_unless_it_names_its_own():
+    from stages.qat_student import qat_train_config
+
+    few_labels = load_config(ROOT / "configs" / "default.yaml", ["student.train.max_images=64"])
+    assert qat_train_config(few_labels).max_images == 64
+    assert qat_train_config(few_labels).epochs == few_labels.qat.train.epochs  # the rest is qat.train's own
+    own = load_config(ROOT / "configs" / "default.yaml", ["student.train.max_images=64", "qat.train.max_images=16"])
+    assert qat_train_config(own).max_images == 16
+    all_labels = load_config(ROOT / "configs" / "default.yaml", ["student.train.max_images=null"])
+    assert qat_train_config(all_labels).max_images is None

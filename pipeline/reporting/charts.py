@@ -45,22 +45,26 @@ def colourise(mask: np.ndarray, palette: np.ndarray, ignore_index: int = 255) ->
 
 
 def training_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> bytes:
-    """Loss (train solid, val dashed) and val mIoU per epoch, one colour per trained model."""
+    """Loss (train solid, val dashed) and val mIoU against the share of each model's training done,
+    one colour per trained model: models trained for 14 and for 400 epochs share one axis."""
     figure, (loss_ax, miou_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
     for index, (label, rows) in enumerate(histories.items()):
         colour = f"C{index}"
-        epochs = [row["epoch"] for row in rows]
-        loss_ax.plot(epochs, [row.get("loss") for row in rows], "-o", color=colour, label=f"{label} (train)")
+        epochs = max((row["epoch"] for row in rows), default=1)
+        progress = [100.0 * row["epoch"] / epochs for row in rows]
+        marker = "o" if len(rows) <= 40 else ""  # a marker per epoch hides a long run's line
+        loss_ax.plot(progress, [row.get("loss") for row in rows], f"-{marker}", color=colour, label=f"{label} (train)")
         evaluated = [row for row in rows if "val_loss" in row]  # train.eval_every may skip epochs
-        val_epochs = [row["epoch"] for row in evaluated]
-        loss_ax.plot(val_epochs, [row["val_loss"] for row in evaluated], "--s", color=colour, label=f"{label} (val)")
-        miou_ax.plot(val_epochs, [row.get("val_miou") for row in evaluated], "-o", color=colour, label=label)
-    loss_ax.set(title="loss per epoch", xlabel="epoch", ylabel="loss")
-    miou_ax.set(title="val mIoU per epoch", xlabel="epoch", ylabel="mIoU %")
+        val_progress = [100.0 * row["epoch"] / epochs for row in evaluated]
+        loss_ax.plot(val_progress, [row["val_loss"] for row in evaluated], "--s", color=colour, label=f"{label} (val)")
+        miou_ax.plot(val_progress, [row.get("val_miou") for row in evaluated], "-o", color=colour,
+                     label=f"{label} ({epochs} epochs)")
+    loss_ax.set(title="loss", xlabel="% of training (epoch / epochs)", ylabel="loss")
+    miou_ax.set(title="val mIoU", xlabel="% of training (epoch / epochs)", ylabel="mIoU %")
     for ax in (loss_ax, miou_ax):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlim(0, 102)
     return png_bytes(figure)
 
 

@@ -223,13 +223,28 @@ class QatConfig(StrictModel):
     that matches the INT8 recipe, then a Q/DQ ONNX model of exactly the graph trained."""
 
     enabled: bool = False
-    teacher: bool = Field(True, description="fine-tune with CE plus distill.methods against the frozen teacher; "
-                                            "false = CE only (quantization-aware training without a teacher)")
+    teacher: Literal["teacher", "float_student", "none"] = Field(
+        "teacher", description="what the quantized student learns from: teacher = CE plus distill.methods against "
+                               "the frozen teacher; float_student = logit KD from the frozen FP32 distilled student "
+                               "(quantization-aware distillation), plus CE at qat.ce_weight; none = CE only "
+                               "(quantization-aware training without a teacher). true/false = teacher/none")
+    kd_temperature: float = Field(1.0, gt=0, description="float_student only: temperature of the logit KD")
+    ce_weight: float = Field(0.0, ge=0, description="float_student only: weight of CE on the labels beside the KD")
     activation_type: Literal["auto", "quint8", "qint8"] = Field(
         "auto", description="activations simulated while training: quint8 (U8 asymmetric, ONNX Runtime on CPU), "
                             "qint8 (S8 symmetric, TensorRT); auto = quantize.activation_type")
     # A short fine-tune from the distilled weights at a low learning rate; batch norms stay frozen.
     train: TrainConfig = TrainConfig(epochs=2, optimizer="adamw", lr=1e-4, weight_decay=0.0, head_lr_mult=1.0)
+
+    @property
+    def reads_labels(self) -> bool:
+        """Whether the QAT objective uses labels: all but pure distillation from the float student."""
+        return self.teacher != "float_student" or self.ce_weight > 0
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _teacher_from_bool(cls, value: Any) -> Any:
+        return {True: "teacher", False: "none"}.get(value, value) if isinstance(value, bool) else value
 
 
 class EngineConfig(StrictModel):

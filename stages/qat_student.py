@@ -1,10 +1,12 @@
 """Stage: quantization-aware fine-tuning of the distilled student, and its Q/DQ ONNX models.
 
 The distilled student (with its distillation heads, against the frozen teacher, through the same
-method slot; or alone with CE when ``qat.teacher`` is false) gets fake quantization matching the
-INT8 recipe (``pipeline/deployment/fake_quant.py``): symmetric S8 weights, per channel unless
+method slot; or from its own FP32 logits with ``qat.teacher: float_student``; or alone with CE
+when ``qat.teacher`` is none) gets fake quantization matching the INT8 recipe
+(``pipeline/deployment/fake_quant.py``): symmetric S8 weights, per channel unless
 ``quantize.per_channel`` is false (7-bit where ``quantize.reduce_range`` resolves so on this CPU),
-U8 or S8 activations, the classifier in float. Ranges start from the calibration images, then follow training. The fine-tuned student is
+U8 or S8 activations, the classifier in float. Ranges start from the calibration images, then
+follow training. The fine-tuned student is
 exported as exactly the graph trained: ``student_int8_qat.onnx`` for ONNX Runtime, and where a
 TensorRT INT8 engine is asked for, a twin with S8 symmetric activations (the same ranges) and FP16
 outside the quantized convolutions. ``student.pt`` holds the plain student's weights (strict-loadable
@@ -13,6 +15,7 @@ into a fresh student), ``ranges.pt`` the activation ranges.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ from torch import nn
 from pipeline import metrics_contract as keys
 from pipeline.artifacts import atomic_path, atomic_torch_save
 from pipeline.builders import build_distiller, build_student, build_teacher
-from pipeline.config import PipelineConfig, TrainConfig
+from pipeline.config import MethodSpec, PipelineConfig, QatConfig, TrainConfig
 from pipeline.data import dataset_info
 from pipeline.deployment.export import export_onnx, read_metadata
 from pipeline.deployment.fake_quant import (
@@ -38,6 +41,8 @@ from pipeline.deployment.fake_quant import (
     strip_quantizers,
 )
 from pipeline.deployment.quantize import Int8Recipe, op_counts, qdq_float_parts_to_fp16, reduce_range_here
+from pipeline.distill.distiller import Distiller, feature_info
+from pipeline.distill.registry import build_method
 from pipeline.model_files import ModelFile
 from pipeline.orchestration.stage import Stage, StageContext, StageResult
 from pipeline.status import Status
@@ -48,6 +53,7 @@ from stages.deployables import calibration_images, needs_tensorrt_twin
 QAT_NAME = "student_int8_qat.onnx"
 QAT_TENSORRT_NAME = "student_int8_qat_s8s8.onnx"
 CALIBRATION_BATCH = 16
+LEARNS_FROM = {"teacher": "with the teacher", "float_student": "distilled from the FP32 student", "none": "CE only"}
 
 
 def scheme_for(ctx: StageContext) -> FakeQuantScheme:
@@ -61,10 +67,11 @@ def scheme_for(ctx: StageContext) -> FakeQuantScheme:
 
 def qat_train_config(config: PipelineConfig) -> TrainConfig:
     """``qat.train``, on the images the student was given labels for (``student.train.max_images``)
-    unless it names its own: a student made from 64 labels is fine-tuned on those 64, not on the
-    teacher's."""
+    when the QAT objective reads labels, unless it names its own: a student made from 64 labels is
+    fine-tuned on those 64, not on the teacher's. Distillation from the float student alone reads no
+    label, so it learns from every training image."""
     train = config.qat.train
-    if train.max_images is None and config.student.train.max_images is not None:
+    if train.max_images is None and config.qat.reads_labels and config.student.train.max_images is not None:
         return train.model_copy(update={"max_images": config.student.train.max_images})
     return train
 
@@ -77,16 +84,30 @@ def float_modules(student: nn.Module, config_float_classifier: bool) -> list[nn.
 
 
 def objective_for(ctx: StageContext) -> tuple[nn.Module, nn.Module]:
-    """(what trains, the student inside it), loaded from the distilled run."""
+    """(what trains, the student inside it), loaded from the distilled run; ``qat.teacher`` picks what
+    the quantized student learns from."""
     config = ctx.config
     teacher = build_teacher(config)
     distiller = build_distiller(config, teacher, build_student(config), artifacts=load_centers(ctx))
     distiller.load_state_dict(torch.load(ctx.input_path("distill_student", "weights"), map_location="cpu",
                                          weights_only=True), strict=True)
-    if config.qat.teacher:  # the distiller's state holds the teacher and the methods' trained heads
-        return distiller, distiller.student
-    objective = SupervisedObjective(distiller.student, ignore_index=dataset_info(config.data).ignore_index)
-    return objective, distiller.student
+    student = distiller.student
+    ignore_index = dataset_info(config.data).ignore_index
+    if config.qat.teacher == "teacher":  # the distiller's state holds the teacher and the methods' trained heads
+        return distiller, student
+    if config.qat.teacher == "float_student":
+        return float_student_distiller(student, config.qat, ignore_index), student
+    return SupervisedObjective(student, ignore_index=ignore_index), student
+
+
+def float_student_distiller(student: nn.Module, qat: QatConfig, ignore_index: int) -> Distiller:
+    """Quantization-aware distillation as in NVIDIA Model Optimizer: the student to be fake-quantized
+    learns the logits of a frozen copy of itself in FP32 (made here, before any quantizer is
+    inserted), so QAT pulls the INT8 model towards the FP32 model it must match."""
+    float_student = copy.deepcopy(student).eval()
+    info = feature_info(student)
+    kd = build_method(MethodSpec(name="kd", temperature=qat.kd_temperature), info, info)
+    return Distiller(student, float_student, [(1.0, kd)], ce_weight=qat.ce_weight, ignore_index=ignore_index)
 
 
 def export_qat(student: nn.Module, dst: Path, ctx: StageContext, scheme: FakeQuantScheme) -> dict[str, Any]:
@@ -100,7 +121,7 @@ def export_qat(student: nn.Module, dst: Path, ctx: StageContext, scheme: FakeQua
     props = read_metadata(ctx.input_path("export_onnx", "onnx"))
     weights = "per-channel" if scheme.per_channel_weights else "per-tensor"
     props.update(precision="int8", quantization=(
-        f"quantization-aware ({'with the teacher' if config.qat.teacher else 'CE only'}), S8 weights {weights} "
+        f"quantization-aware ({LEARNS_FROM[config.qat.teacher]}), S8 weights {weights} "
         f"symmetric ({scheme.weight_bits}-bit range), {'S8 symmetric' if signed else 'U8 asymmetric'} activations"))
     # torch.export cannot trace the fake-quantize ops under symbolic shapes (torch 2.14): TorchScript does.
     export_onnx(ready, dst, example_shape=(2 if config.export.dynamic else 1, 3, size, size),

@@ -205,7 +205,7 @@ def test_the_qat_stage_delivers_validated_int8_models_with_and_without_the_teach
     assert main(["run", "configs/smoke.yaml", "--out", str(smoke_copy), *fast]) == 0
     metrics = json.loads((smoke_copy / "metrics.json").read_text())
     qat, row = metrics["qat"], metrics["backends"]["onnxruntime-int8-qat"]
-    assert qat["teacher"] is True and qat["activation_type"] == "quint8" and qat["steps"] == 4
+    assert qat["teacher"] == "teacher" and qat["activation_type"] == "quint8" and qat["steps"] == 4
     assert qat["int8_qat"]["status"] == "ok" and qat["int8_qat"]["weight_initializers_int8"] == qat["quantized_convs"]
     assert row["status"] == "passed" and row["precision"] == "int8" and row["latency_ms"]["p50"] > 0
     assert metrics["backends"]["tensorrt-int8-qat"]["status"] == "skipped"
@@ -217,18 +217,46 @@ def test_the_qat_stage_delivers_validated_int8_models_with_and_without_the_teach
     fresh.load_state_dict(torch.load(smoke_copy / "qat_student" / "student.pt", weights_only=True), strict=True)
     assert sum(p.numel() for p in fresh.parameters()) == metrics["strip"]["student_params"]
 
-    assert main(["run", "configs/smoke.yaml", "--out", str(smoke_copy), *fast, "qat.teacher=false"]) == 0
-    metrics = json.loads((smoke_copy / "metrics.json").read_text())
-    assert metrics["qat"]["teacher"] is False and metrics["backends"]["onnxruntime-int8-qat"]["status"] == "passed"
+    for learns_from, override in [("none", "qat.teacher=false"), ("float_student", "qat.teacher=float_student")]:
+        assert main(["run", "configs/smoke.yaml", "--out", str(smoke_copy), *fast, override]) == 0
+        metrics = json.loads((smoke_copy / "metrics.json").read_text())
+        assert metrics["qat"]["teacher"] == learns_from
+        assert metrics["backends"]["onnxruntime-int8-qat"]["status"] == "passed"
 
 
-def test_qat_fine_tunes_on_the_students_labelled_images_unless_it_names_its_own():
+def test_quantization_aware_distillation_learns_the_logits_of_a_frozen_float_copy_of_the_student():
+    from pipeline.distill.methods.kd import kd_loss
+    from stages.qat_student import float_student_distiller
+
+    config = load_config(ROOT / "configs" / "smoke.yaml", ["qat.teacher=float_student", "qat.ce_weight=0.5"])
+    student = build_student(config).eval()
+    distiller = float_student_distiller(student, config.qat, ignore_index=255)
+    images, labels = torch.randn(2, 3, 32, 32), torch.randint(0, student.num_classes, (2, 32, 32))
+    with torch.no_grad():
+        _, parts = distiller.eval()(images, labels)
+    assert parts["kd"].item() == pytest.approx(0.0, abs=1e-6)  # before quantization: the same function
+    assert parts["ce"].item() > 0 and distiller.ce_weight == 0.5
+    prepare_qat(student, U8, [])
+    calibrate_ranges(student, [images])
+    with torch.no_grad():
+        quantized, float_logits = student(images), distiller.teacher(images)
+        _, parts = distiller(images, labels)
+    assert not torch.equal(quantized, float_logits)  # the copy stayed float; the student is quantized
+    # The KD term measures the quantized student against the float copy.
+    assert parts["kd"].item() == pytest.approx(kd_loss(quantized, float_logits, config.qat.kd_temperature).item())
+    assert not quantizers(distiller.teacher) and all(not p.requires_grad for p in distiller.teacher.parameters())
+
+
+def test_qat_reads_only_the_students_labelled_images_unless_it_names_its_own_or_reads_no_label():
     from stages.qat_student import qat_train_config
 
-    few_labels = load_config(ROOT / "configs" / "default.yaml", ["student.train.max_images=64"])
-    assert qat_train_config(few_labels).max_images == 64
-    assert qat_train_config(few_labels).epochs == few_labels.qat.train.epochs  # the rest is qat.train's own
-    own = load_config(ROOT / "configs" / "default.yaml", ["student.train.max_images=64", "qat.train.max_images=16"])
-    assert qat_train_config(own).max_images == 16
-    all_labels = load_config(ROOT / "configs" / "default.yaml", ["student.train.max_images=null"])
-    assert qat_train_config(all_labels).max_images is None
+    def qat_images(*overrides: str) -> int | None:
+        config = load_config(ROOT / "configs" / "default.yaml", ["student.train.max_images=64", *overrides])
+        assert qat_train_config(config).epochs == config.qat.train.epochs  # the rest is qat.train's own
+        return qat_train_config(config).max_images
+
+    for reads_labels in (["qat.teacher=teacher"], ["qat.teacher=none"], ["qat.teacher=float_student", "qat.ce_weight=0.5"]):
+        assert qat_images(*reads_labels) == 64
+        assert qat_images(*reads_labels, "qat.train.max_images=16") == 16
+        assert qat_images(*reads_labels, "student.train.max_images=null") is None
+    assert qat_images("qat.teacher=float_student", "qat.ce_weight=0") is None  # distillation from FP32 reads no label

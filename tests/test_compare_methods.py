@@ -38,6 +38,22 @@ def test_the_comparison_sweep_covers_every_method_with_valid_settings_and_five_s
                 assert spec["weight"] is not None, f"{name}: write the weight so the table states it"
 
 
+def test_each_compared_weight_is_the_methods_default_or_one_the_weight_check_tried():
+    from pipeline.distill.registry import method_class
+    from pipeline.orchestration.sweep import load_sweep
+
+    check = load_sweep(ROOT / "configs" / "sweeps" / "compare_methods_weights.yaml")  # every variant valid
+    tried = {(spec.name, spec.weight) for run in check.runs for spec in run.config.distill.methods}
+    compared = yaml.safe_load(COMPARE.read_text())["variants"]
+    for name, variant in compared.items():
+        if name in {"tat", "tat_kd"}:  # TaT's weight was chosen on its own (configs/default.yaml)
+            continue
+        for spec in variant["distill.methods"]:
+            if spec["name"] != "none":
+                default = float(method_class(spec["name"]).default_weight)
+                assert spec["weight"] == default or (spec["name"], spec["weight"]) in tried, name
+
+
 @pytest.mark.slow
 def test_compare_command_adds_exported_params_latency_int8_and_the_pareto_frontier(tmp_path):
     fast = ["run.threads=1", "baseline.enabled=false", "teacher.train.epochs=1", "student.train.epochs=1",

@@ -27,6 +27,7 @@ from pipeline.deployment.fake_quant import (
     export_ready,
     fold_weight_quantizers,
     prepare_qat,
+    quantize_dequantize,
     quantizer_state,
     quantizers,
     strip_quantizers,
@@ -92,8 +93,12 @@ def test_prepare_keeps_every_parameter_and_only_adds_quantizer_buffers():
     assert strip_quantizers(net.state_dict()).keys() == plain.state_dict().keys()
     assert all(torch.equal(net.state_dict()[k], v) for k, v in plain.state_dict().items())
     assert quantizer_state(net.state_dict()) and set(quantizer_state(net.state_dict())).isdisjoint(plain.state_dict())
-    # Each conv quantizes its input; activations after convs their outputs; the last conv its own output.
+    # Each tensor is quantized once: the network's input by the first conv, the activations after
+    # convs by themselves (the next conv reads them as they are), the last conv's output by that conv.
     convs = [m for m in net if isinstance(m, QuantConv2d)]
+    assert [c.input_quantizer is not None for c in convs] == [True, False, False]
+    assert [c.input_range[0] for c in convs] == [convs[0].input_quantizer, net[2].output_quantizer,
+                                                 net[5].output_quantizer]
     assert [c.output_quantizer is not None for c in convs] == [False, False, True]
     assert sum(isinstance(m, QuantReLU6) for m in net) == 2
 
@@ -118,16 +123,46 @@ def test_weights_are_per_channel_symmetric_on_at_most_255_levels_and_7_bit_when_
 
 
 def test_per_tensor_weights_share_one_scale_per_convolution():
-    net = prepare_qat(tiny_net(), FakeQuantScheme(signed_activations=False, per_channel_weights=False))
+    net = qat_net(FakeQuantScheme(signed_activations=False, per_channel_weights=False))
     weight, bias = net[3].folded()
     scale = net[3].weight_scale(weight)
     assert scale.ndim == 0 and scale == weight.detach().abs().max() / 127
     q = torch.round(weight.detach() / scale)
     assert q.abs().max() == 127 and len(torch.unique(q)) <= 255
-    # The fake-quantized weight is that grid: the convolution's output with it equals one computed by hand.
-    x = torch.randn(1, 8, 16, 16)
-    by_hand = nn.functional.conv2d(net[3].input_quantizer.train()(x), q * scale, bias, padding=1)
-    assert torch.allclose(net[3](x), by_hand, atol=1e-5)
+    # The fake-quantized weight is that grid: the convolution's output with it equals one computed by hand
+    # (its input comes quantized from the ReLU6 before it).
+    x = net[2](torch.randn(1, 8, 16, 16))
+    with torch.no_grad():
+        by_hand = nn.functional.conv2d(x, q * scale, net[3].quantized_bias(bias, scale), padding=1)
+        assert torch.allclose(net[3](x), by_hand, atol=1e-5)
+
+
+def test_the_bias_is_on_the_int32_grid_of_input_scale_times_weight_scale():
+    """Where ONNX Runtime's integer convolution adds it (its optimiser quantizes a float bias so)."""
+    for per_channel in (True, False):
+        net = qat_net(FakeQuantScheme(signed_activations=False, per_channel_weights=per_channel))
+        for conv in (net[0], net[3]):
+            weight, bias = conv.folded()
+            step = conv.input_range[0].scale() * conv.weight_scale(weight)
+            with torch.no_grad():
+                code = conv.quantized_bias(bias, step / conv.input_range[0].scale()) / step
+            assert torch.allclose(code, code.round(), atol=1e-3)
+            assert ((code * step - bias).abs() <= step / 2 * 1.001).all()
+
+
+def test_quantizers_round_as_onnx_quantizelinear_divides():
+    """round(x / scale), ties to even: not torch's x * (1 / scale), which rounds some values just past a
+    midpoint the other way."""
+    scale = 0.05549333983776616
+    x = torch.tensor([2.2474803924560547, -3.1908669471740723, 0.5 * scale, 1.5 * scale])
+    codes = ((quantize_dequantize(x, scale, 0, -128, 127) / scale).round()).tolist()
+    assert codes == np.clip(np.rint(x.numpy() / np.float32(scale)), -128, 127).tolist()
+    assert codes[:2] == [41.0, -58.0]  # torch.fake_quantize_per_tensor_affine: 40 and -57
+    assert codes[2:] == [0.0, 2.0]
+    # Straight-through inside the range, zero outside it.
+    x = torch.tensor([0.1, 100.0], requires_grad=True)
+    quantize_dequantize(x, 0.1, 0, -128, 127).sum().backward()
+    assert x.grad.tolist() == [1.0, 0.0]
 
 
 def test_activation_ranges_are_u8_asymmetric_or_s8_symmetric_with_zero_exact():
@@ -168,7 +203,7 @@ def test_the_qdq_onnx_model_runs_what_the_fake_quantized_model_computes(tmp_path
     scale_sizes = {n.input[0]: constants[n.input[1]].size for n in model.graph.node
                    if n.op_type == "DequantizeLinear" and n.input[0] in channels}
     assert scale_sizes == {name: count if per_channel else 1 for name, count in channels.items()}
-    assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) == 3 + 2 + 1  # inputs, activations, output
+    assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) == 1 + 2 + 1  # input, activations, output
 
 
 def test_the_tensorrt_twin_has_signed_symmetric_activations(tmp_path):
@@ -193,11 +228,21 @@ def test_the_real_student_is_fully_integer_in_onnx_runtime(tmp_path):
     onnx.save(model, str(path))
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
     convs = sum(isinstance(m, nn.Conv2d) for m in student.modules())
     assert ops.count("QLinearConv") == convs - 1 and ops.count("Conv") + ops.count("FusedConv") == 1
-    assert len(quantizers(student)) > convs
+    # One Q/DQ pair per tensor: no DequantizeLinear feeds a QuantizeLinear (a pair ONNX Runtime would merge
+    # into one of a range of its own), so its fused integer model computes what the student computes.
+    nodes = onnx.load(str(path)).graph.node
+    dequantized = {n.output[0] for n in nodes if n.op_type == "DequantizeLinear"}
+    assert not [n.name for n in nodes if n.op_type == "QuantizeLinear" and n.input[0] in dequantized]
+    x = torch.randn(4, 3, 48, 48)
+    with torch.no_grad():
+        expected = student(x).numpy()
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.999
+    assert np.quantile(np.abs(got - expected), 0.999) <= 1e-4
 
 
 def test_the_qat_stage_delivers_validated_int8_models_with_and_without_the_teacher(smoke_copy):

@@ -1,9 +1,10 @@
 """Quantization-aware training: fake quantization on the student's convolutions, matching the
 deployment recipe, and the student's export as a Q/DQ ONNX model of exactly the graph trained.
 
-Every convolution but the classifier (kept in float, as in the post-training recipe) quantizes
-its input activation per tensor and its weight per output channel, symmetric S8 (7-bit range
-where the recipe asks for it). Activations are U8 asymmetric for ONNX Runtime on CPU or S8
+Every convolution but the classifier (kept in float, as in the post-training recipe) reads a
+per-tensor quantized input (quantized by itself, or already by the unit before it: one quantizer
+per tensor) and quantizes its weight per output channel, symmetric S8 (7-bit range where the recipe
+asks for it), and its bias to INT32. Activations are U8 asymmetric for ONNX Runtime on CPU or S8
 symmetric for TensorRT. A batch norm right after a convolution is folded into that convolution's
 weight before the weight is quantized, with its running statistics frozen (Jacob et al., 2018):
 what trains is what deploys, where BN is folded before INT8.
@@ -12,8 +13,9 @@ Each quantizer computes what ONNX QuantizeLinear then DequantizeLinear compute, 
 (:func:`quantize_dequantize`, straight-through gradients), and is exported through PyTorch's own
 ops (``torch.fake_quantize_per_tensor_affine`` and ``..._per_channel_affine``), which both
 ``torch.onnx`` exporters turn into QuantizeLinear / DequantizeLinear: the Q/DQ ONNX model is the
-trained graph, not a second quantization of it. NVIDIA Model Optimizer and torchao were the alternatives; each is a large
-dependency for what two core ops do here, and torch.ao's eager and FX QAT flows are deprecated.
+trained graph, not a second quantization of it. NVIDIA Model Optimizer and torchao were the
+alternatives; each is a large dependency for what two core ops do here, and torch.ao's eager and FX
+QAT flows are deprecated.
 
 The student keeps its modules and parameter names (conv and batch-norm classes are swapped in
 place, as Model Optimizer does), so the quantizers' buffers are the only new state and

@@ -305,3 +305,22 @@ def test_qat_reads_only_the_students_labelled_images_unless_it_names_its_own_or_
         assert qat_images(*reads_labels, "qat.train.max_images=16") == 16
         assert qat_images(*reads_labels, "student.train.max_images=null") is None
     assert qat_images("qat.teacher=float_student", "qat.ce_weight=0") is None  # distillation from FP32 reads no label
+
+
+class BranchingNet(nn.Module):
+    """conv-relu6-conv with data-dependent control flow, which torch.fx cannot trace."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*conv_bn(3, 4, True), nn.Conv2d(4, 2, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) if x.sum() > 0 else -self.body(x)
+
+
+def test_an_untraceable_model_warns_and_quantizes_every_convolution_input():
+    with pytest.warns(UserWarning, match="cannot be traced by torch.fx"):
+        net = prepare_qat(BranchingNet(), U8)
+    convs = [m for m in net.modules() if isinstance(m, QuantConv2d)]
+    assert len(convs) == 2 and all(c.input_quantizer is not None for c in convs)
+    assert all(c.input_range == [c.input_quantizer] for c in convs)

@@ -152,9 +152,10 @@ class FoldedBatchNorm2d(nn.BatchNorm2d):
 
 class QuantConv2d(nn.Conv2d):
     """A Conv2d (class swapped in place by :func:`prepare_qat`) that fake-quantizes its input (unless
-    the module it reads from quantized it already), its BN-folded weight, its bias to INT32 at input scale x weight scale (where ONNX Runtime's integer
-    convolution adds it: its graph optimiser quantizes a float bias so) and, when no activation
-    follows it (a projection before a residual sum, a branch before a concatenation), its output."""
+    the module it reads from quantized it already), its BN-folded weight, its bias to INT32 at input
+    scale x weight scale (as ONNX Runtime's integer convolution adds it: its graph optimiser
+    quantizes a float bias so) and, when no activation follows it (a projection before a residual
+    sum, a branch before a concatenation), its output."""
 
     input_quantizer: ActivationQuantizer | None  # None where the input is already quantized upstream
     input_range: list[ActivationQuantizer]  # the quantizer that set the input's scale: its own or upstream

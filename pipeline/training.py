@@ -115,6 +115,11 @@ class TrainingRuntime:
     workers: int = 0
     pin_memory: bool = True
     persistent_workers: bool = True
+    # A checkpoint holds the whole objective (a distiller's frozen teacher included) and the optimizer:
+    # written after every epoch it cost a small student's run a sixth of its time. So: after the first
+    # and the last epoch, and in between once this many seconds have passed (0 = every epoch). Where
+    # a run resumes changes nothing it learns: each epoch is seeded by its own number.
+    checkpoint_seconds: float = 60.0
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -250,7 +255,8 @@ class TrainLoader:
 @dataclass
 class TrainState:
     """What a checkpoint holds: the objective's weights, the optimizer, the grad scaler and the
-    history so far. Saved atomically after every epoch; resumed only by the same fingerprint."""
+    history so far. Saved atomically (when: ``TrainingRuntime.checkpoint_seconds``); resumed only by the
+    same fingerprint."""
 
     objective: nn.Module
     optimizer: torch.optim.Optimizer
@@ -357,6 +363,7 @@ def train(
     start_epoch = state.resume(checkpoint, fingerprint)
     if start_epoch:
         _say(main, f"[{desc}] resuming from checkpoint after epoch {start_epoch}/{cfg.epochs}")
+    saved_at = None
     for epoch in range(start_epoch, cfg.epochs):
         data.start_epoch(epoch)
         row = train_one_epoch(step_module, state, data, epoch, cfg, device, runtime, desc)
@@ -365,8 +372,10 @@ def train(
                                                            runtime, row)
         state.result.history.append(row)
         _say(main, _epoch_line(desc, cfg.epochs, row))
-        if main:
+        due = saved_at is None or epoch + 1 == cfg.epochs or time.monotonic() - saved_at >= runtime.checkpoint_seconds
+        if main and due:
             state.save(checkpoint, fingerprint, epoch)
+            saved_at = time.monotonic()
         if on_epoch is not None:
             on_epoch(row)
     return state.result

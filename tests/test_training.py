@@ -1,5 +1,5 @@
-"""Training checkpoints every epoch and an interrupted run resumes where it stopped, ending with
-exactly the weights an uninterrupted run would have."""
+"""Training checkpoints after its first and last epoch and every minute between, and an interrupted
+run resumes where it stopped, ending with exactly the weights an uninterrupted run would have."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from pipeline.builders import build_student, data_splits
 from pipeline.config import load_config
 from pipeline.orchestration.cli import main
-from pipeline.training import SupervisedObjective, lr_factor, train
+from pipeline.training import SupervisedObjective, TrainingRuntime, TrainState, lr_factor, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.image_size=32", "data.train_size=32", "data.val_size=8", "student.train.epochs=3",
@@ -30,7 +30,8 @@ class Interrupt(Exception):
     pass
 
 
-def fit(checkpoint: Path, stop_after_epoch: int | None = None, overrides: tuple[str, ...] = ()):
+def fit(checkpoint: Path, stop_after_epoch: int | None = None, overrides: tuple[str, ...] = (),
+        runtime: TrainingRuntime | None = None):
     config = load_config(None, [*TINY, *overrides])
     torch.manual_seed(0)
     info, train_set, val_set = data_splits(config)
@@ -42,7 +43,7 @@ def fit(checkpoint: Path, stop_after_epoch: int | None = None, overrides: tuple[
 
     result = train(task, train_set, DataLoader(val_set, batch_size=8), config.student.train,
                    num_classes=info.num_classes, device=torch.device("cpu"), seed=0, checkpoint=checkpoint,
-                   fingerprint="fp", desc="test", on_epoch=on_epoch)
+                   fingerprint="fp", desc="test", on_epoch=on_epoch, runtime=runtime)
     return task, result
 
 
@@ -56,6 +57,17 @@ def test_interrupted_training_resumes_from_its_checkpoint_to_identical_weights(t
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("seconds, saved_after", [(3600.0, [1, 3]), (0.0, [1, 2, 3])])
+def test_checkpoints_are_written_after_the_first_and_last_epoch_and_every_interval_between(
+        tmp_path, monkeypatch, seconds, saved_after):
+    saved: list[int] = []
+    original = TrainState.save
+    monkeypatch.setattr(TrainState, "save", lambda self, path, fp, epoch: (saved.append(epoch + 1),
+                                                                           original(self, path, fp, epoch)))
+    fit(tmp_path / "ckpt.pt", runtime=TrainingRuntime(checkpoint_seconds=seconds))
+    assert saved == saved_after
 
 
 def test_a_checkpoint_of_another_configuration_is_ignored(tmp_path):

@@ -11,6 +11,9 @@ What is measured, at the config's batch size and image size, random weights and 
   ASPP on the backbone's deepest map, and the whole head (any arch: ASPP, decoder, upsampling and
   the cross-entropy) on that map and the stride-4 map, the decoder's share being head - ASPP; each
   part gets a detached copy of its real input, so its time is its own;
+- forward + backward of every convolution on its own, on the input it gets in the model, and its
+  forward alone: the costliest ones by name, shape, groups and dilation (a layer whose backward costs
+  many times its forward is a kernel the CPU backend handles badly at that shape);
 - the optimizer step, the whole plain training step, the teacher's no-grad forward, each
   distillation method's loss forward + backward on the real decoder features, and the whole
   distillation step. "other" is the whole step minus its parts (autograd and allocator work
@@ -80,6 +83,43 @@ def model_parts(model: nn.Module, images: Tensor, targets: Tensor) -> dict[str, 
     return {"backbone": backbone, "aspp": aspp, "head": head}
 
 
+def convolution_costs(model: nn.Module, images: Tensor, device: torch.device, repeats: int, warmup: int,
+                      top: int = 8) -> dict[str, Any]:
+    """Each Conv2d timed alone on a detached copy of the input it receives in ``model``'s forward:
+    the total and the ``top`` costliest by forward + backward."""
+    convs = {name: module for name, module in model.named_modules() if isinstance(module, nn.Conv2d)}
+    inputs: dict[str, Tensor] = {}
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, args: tuple[Tensor, ...], _output: Tensor) -> None:
+            inputs.setdefault(name, args[0].detach())  # returns nothing: a hook's return value replaces the output
+        return hook
+
+    hooks = [module.register_forward_hook(record(name)) for name, module in convs.items()]
+    with torch.no_grad():
+        model(images)
+    for hook in hooks:
+        hook.remove()
+    rows = []
+    for name, conv in convs.items():
+        x = inputs[name].clone().requires_grad_(True)
+
+        def forward_backward(conv: nn.Module = conv, x: Tensor = x) -> None:
+            out = conv(x)
+            out.backward(torch.ones_like(out))
+
+        def forward(conv: nn.Module = conv, x: Tensor = x) -> None:
+            with torch.no_grad():
+                conv(x)
+
+        rows.append({"name": name, "input": list(x.shape), "groups": conv.groups, "dilation": list(conv.dilation),
+                     "forward_backward_ms": median_ms(forward_backward, device, repeats, warmup)["median_ms"],
+                     "forward_ms": median_ms(forward, device, repeats, warmup)["median_ms"]})
+    rows.sort(key=lambda row: row["forward_backward_ms"], reverse=True)
+    return {"forward_backward_ms": round(sum(r["forward_backward_ms"] for r in rows), 3),
+            "forward_ms": round(sum(r["forward_ms"] for r in rows), 3), "count": len(rows), "costliest": rows[:top]}
+
+
 def profile_model(role: str, model: nn.Module, images: Tensor, targets: Tensor, train_cfg: Any,
                   device: torch.device, repeats: int, warmup: int) -> dict[str, Any]:
     from pipeline.training import SupervisedObjective, build_optimizer
@@ -94,12 +134,13 @@ def profile_model(role: str, model: nn.Module, images: Tensor, targets: Tensor, 
     timings["optimizer"] = median_ms(optimizer.step, device, repeats, warmup)["median_ms"]
     whole = median_ms(train_step(task, optimizer, images, targets), device, repeats, warmup)["median_ms"]
     timings["other"] = round(whole - sum(timings.values()), 3)
+    convolutions = convolution_costs(model, images, device, repeats, warmup)
     model.eval()
     macs = part_macs(model, images[:1])
     model.train()
     print(f"[step profile] {role}: step {whole:.1f} ms, " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
     return {"step_ms": whole, "parts_ms": timings, "gmac_per_image": {k: round(v, 4) for k, v in macs.items()},
-            "parameters": sum(p.numel() for p in model.parameters())}
+            "parameters": sum(p.numel() for p in model.parameters()), "convolutions": convolutions}
 
 
 def profile_distillation(config: Any, teacher: nn.Module, student: nn.Module, images: Tensor, targets: Tensor,
@@ -173,6 +214,14 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{entry['parameters'] / 1e6:.2f}"])
     lines += [markdown_table(["model", "step ms", "backbone", "ASPP", "decoder", "optimizer", "other",
                               "GMAC/image backbone / ASPP / decoder", "M params"], rows), ""]
+    for role in ("teacher", "student"):
+        convs = result[role]["convolutions"]
+        lines += [f"{role}: all {convs['count']} convolutions, each alone: forward + backward "
+                  f"{convs['forward_backward_ms']:.1f} ms, forward {convs['forward_ms']:.1f} ms; the costliest:", "",
+                  markdown_table(["convolution", "input", "groups", "dilation", "fwd + bwd ms", "fwd ms"],
+                                 [[c["name"], "x".join(map(str, c["input"])), c["groups"],
+                                   "x".join(map(str, c["dilation"])), c["forward_backward_ms"], c["forward_ms"]]
+                                  for c in convs["costliest"]]), ""]
     dist = result["distillation"]
     lines += [markdown_table(["distillation step ms", "teacher forward ms",
                               *dist["methods_ms"].keys(), "distill step / plain student step"],

@@ -32,10 +32,14 @@ from pipeline.deployment.fake_quant import (
     quantizers,
     strip_quantizers,
 )
+from pipeline.deployment.quantize import reduce_range_here
 from pipeline.orchestration.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-U8 = FakeQuantScheme(signed_activations=False)
+# The ONNX Runtime recipe for this CPU, as the QAT stage builds it: 7-bit weights where x86 has no VNNI
+# (its U8S8 kernels add pairs of products in saturating 16-bit lanes), 8-bit elsewhere.
+WEIGHT_BITS_HERE = 7 if reduce_range_here("auto")[0] else 8
+U8 = FakeQuantScheme(signed_activations=False, weight_bits=WEIGHT_BITS_HERE)
 
 
 def conv_bn(cin: int, cout: int, act: bool) -> list[nn.Module]:
@@ -140,7 +144,8 @@ def test_per_tensor_weights_share_one_scale_per_convolution():
 def test_the_bias_is_on_the_int32_grid_of_input_scale_times_weight_scale():
     """Where ONNX Runtime's integer convolution adds it (its optimiser quantizes a float bias so)."""
     for per_channel in (True, False):
-        net = qat_net(FakeQuantScheme(signed_activations=False, per_channel_weights=per_channel))
+        net = qat_net(FakeQuantScheme(signed_activations=False, weight_bits=WEIGHT_BITS_HERE,
+                                  per_channel_weights=per_channel))
         for conv in (net[0], net[3]):
             weight, bias = conv.folded()
             step = conv.input_range[0].scale() * conv.weight_scale(weight)
@@ -187,7 +192,8 @@ def test_the_qdq_onnx_model_runs_what_the_fake_quantized_model_computes(tmp_path
     """Within one quantization step of the output, both with ONNX Runtime's reference Q/DQ semantics and
     with its fused integer kernels; and the weight initializers are INT8 (a quarter of the float size),
     with one scale per output channel or one per convolution."""
-    net = qat_net(FakeQuantScheme(signed_activations=False, per_channel_weights=per_channel))
+    net = qat_net(FakeQuantScheme(signed_activations=False, weight_bits=WEIGHT_BITS_HERE,
+                                  per_channel_weights=per_channel))
     path = export_qdq(net, tmp_path / "qat.onnx")
     x = torch.randn(4, 3, 16, 16)
     with torch.no_grad():

@@ -145,7 +145,7 @@ def test_the_bias_is_on_the_int32_grid_of_input_scale_times_weight_scale():
     """Where ONNX Runtime's integer convolution adds it (its optimiser quantizes a float bias so)."""
     for per_channel in (True, False):
         net = qat_net(FakeQuantScheme(signed_activations=False, weight_bits=WEIGHT_BITS_HERE,
-                                  per_channel_weights=per_channel))
+                                      per_channel_weights=per_channel))
         for conv in (net[0], net[3]):
             weight, bias = conv.folded()
             step = conv.input_range[0].scale() * conv.weight_scale(weight)
@@ -306,7 +306,8 @@ def test_qat_reads_only_the_students_labelled_images_unless_it_names_its_own_or_
         assert qat_train_config(config).epochs == config.qat.train.epochs  # the rest is qat.train's own
         return qat_train_config(config).max_images
 
-    for reads_labels in (["qat.teacher=teacher"], ["qat.teacher=none"], ["qat.teacher=float_student", "qat.ce_weight=0.5"]):
+    for reads_labels in (["qat.teacher=teacher"], ["qat.teacher=none"],
+                         ["qat.teacher=float_student", "qat.ce_weight=0.5"]):
         assert qat_images(*reads_labels) == 64
         assert qat_images(*reads_labels, "qat.train.max_images=16") == 16
         assert qat_images(*reads_labels, "student.train.max_images=null") is None

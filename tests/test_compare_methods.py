@@ -23,7 +23,7 @@ SMOKE = str(ROOT / "configs" / "smoke.yaml")
 
 def test_the_comparison_sweep_covers_every_method_with_valid_settings_and_five_seeds():
     sweep = yaml.safe_load(COMPARE.read_text())
-    assert sweep["base"] == "../default.yaml" and sweep["seeds"] == 5
+    assert sweep["base"] == "../default_plateau.yaml" and sweep["seeds"] == 5
     named = {spec["name"] for variant in sweep["variants"].values() for spec in variant["distill.methods"]}
     ablation = yaml.safe_load((ROOT / "configs" / "sweeps" / "ablation_tat.yaml").read_text())
     halves = {spec["name"] for variant in ablation["variants"].values() for spec in variant["distill.methods"]}
@@ -46,7 +46,7 @@ def test_each_compared_weight_is_the_methods_default_or_one_the_weight_check_tri
     tried = {(spec.name, spec.weight) for run in check.runs for spec in run.config.distill.methods}
     compared = yaml.safe_load(COMPARE.read_text())["variants"]
     for name, variant in compared.items():
-        if name in {"tat", "tat_kd"}:  # TaT's weight was chosen on its own (configs/default.yaml)
+        if name in {"tat", "tat_kd"}:  # TaT's weight was chosen on its own (configs/default_plateau.yaml)
             continue
         for spec in variant["distill.methods"]:
             if spec["name"] != "none":

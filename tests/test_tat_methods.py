@@ -24,7 +24,7 @@ def test_tat_methods_are_registered():
 
 
 def test_default_and_smoke_pipelines_distil_with_tat_patch_and_anchor():
-    for name in ("default.yaml", "smoke.yaml"):
+    for name in ("default.yaml", "default_plateau.yaml", "smoke.yaml"):
         config = load_config(ROOT / "configs" / name)
         [method] = config.distill.methods
         assert method.name == "tat_seg" and method.patch_weight > 0 and method.anchor_weight > 0

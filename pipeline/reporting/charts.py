@@ -46,7 +46,7 @@ def colourise(mask: np.ndarray, palette: np.ndarray, ignore_index: int = 255) ->
 
 def training_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> bytes:
     """Loss (train solid, val dashed) and val mIoU against the share of each model's training done,
-    one colour per trained model: models trained for 14 and for 400 epochs share one axis."""
+    one colour per trained model: models trained for 10 and for 200 epochs share one axis."""
     figure, (loss_ax, miou_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
     for index, (label, rows) in enumerate(histories.items()):
         colour = f"C{index}"

@@ -279,16 +279,16 @@ def test_the_grid_shares_its_default_cells_with_the_table7_ablation():
                                                 ("tat_plateau_seeds.yaml", "default_plateau.yaml")])
 def test_the_seeds_sweeps_are_their_regime_with_only_the_method_slot_changed(sweep_file: str, regime: str):
     sweep = load_sweep(ROOT / "configs" / "sweeps" / sweep_file)
-    default = load_config(ROOT / "configs" / regime)
+    base = load_config(ROOT / "configs" / regime)
     assert sweep.seeds == tuple(range(5)) and sweep.spec.baseline == "baseline"
     assert sweep.spec.matched_time == ["tat"]
     for run in sweep.runs:
-        assert run.config.teacher == default.teacher and run.config.student == default.student.model_copy(
-            update={"train": default.student.train.model_copy(update={"seed": run.seed})})
-        assert run.config.distill.warmup_steps == default.distill.warmup_steps
+        assert run.config.teacher == base.teacher and run.config.student == base.student.model_copy(
+            update={"train": base.student.train.model_copy(update={"seed": run.seed})})
+        assert run.config.distill.warmup_steps == base.distill.warmup_steps
     methods = {run.variant: [spec.name for spec in run.config.distill.methods] for run in sweep.runs}
-    assert methods == {"baseline": ["none"], "tat": [spec.name for spec in default.distill.methods], "kd": ["kd"]}
-    assert next(run.config.distill for run in sweep.runs if run.variant == "tat") == default.distill
+    assert methods == {"baseline": ["none"], "tat": [spec.name for spec in base.distill.methods], "kd": ["kd"]}
+    assert next(run.config.distill for run in sweep.runs if run.variant == "tat") == base.distill
 
 
 def test_the_tables_state_the_overrides_every_variant_ran_with(tmp_path):

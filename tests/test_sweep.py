@@ -287,7 +287,8 @@ def test_the_seeds_sweeps_are_their_regime_with_only_the_method_slot_changed(swe
             update={"train": base.student.train.model_copy(update={"seed": run.seed})})
         assert run.config.distill.warmup_steps == base.distill.warmup_steps
     methods = {run.variant: [spec.name for spec in run.config.distill.methods] for run in sweep.runs}
-    assert methods == {"baseline": ["none"], "tat": [spec.name for spec in base.distill.methods], "kd": ["kd"]}
+    assert methods == {"baseline": ["none"], "tat": [spec.name for spec in base.distill.methods], "kd": ["kd"],
+                       "kd_w3": ["kd"]}
     assert next(run.config.distill for run in sweep.runs if run.variant == "tat") == base.distill
 
 

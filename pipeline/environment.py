@@ -33,9 +33,10 @@ def seed_everything(seed: int) -> None:
 
 
 def configure_torch(run: RunConfig) -> torch.device:
-    """Apply the run's threads/determinism settings and return the device to use."""
+    """Apply the run's threads/denormal/determinism settings and return the device to use."""
     if run.threads:
         torch.set_num_threads(run.threads)
+    torch.set_flush_denormal(run.flush_denormal)  # False (a no-op) where the CPU has no FTZ/DAZ
     if run.deterministic:
         # Required by cuBLAS for deterministic matmuls; harmless on CPU.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -16,7 +16,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline.builders import build_student, data_splits
-from pipeline.config import load_config
+from pipeline.config import RunConfig, load_config
+from pipeline.environment import configure_torch
 from pipeline.orchestration.cli import main
 from pipeline.training import SupervisedObjective, TrainingRuntime, TrainState, lr_factor, train
 
@@ -75,6 +76,19 @@ def test_a_checkpoint_of_another_configuration_is_ignored(tmp_path):
     torch.save({"fingerprint": "other"}, tmp_path / "ckpt.pt")
     _, result = fit(tmp_path / "ckpt.pt")
     assert result.resumed_from_epoch == 0 and len(result.history) == config.student.train.epochs
+
+
+def test_training_flushes_subnormal_floats_to_zero_on_cpu_unless_told_not_to():
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush subnormal floats (no FTZ/DAZ)")
+    subnormal = 1e-40  # under float32's smallest normal, 1.2e-38
+    try:
+        configure_torch(RunConfig())
+        assert (torch.tensor([subnormal]) * 1.0).item() == 0.0
+        configure_torch(RunConfig(flush_denormal=False))
+        assert (torch.tensor([subnormal]) * 1.0).item() == pytest.approx(subnormal, rel=1e-3)
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def test_cosine_schedule_with_warmup():

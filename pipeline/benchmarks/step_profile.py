@@ -180,6 +180,7 @@ def run(config_path: Path, overrides: list[str], device: torch.device, repeats: 
     from pipeline.data import dataset_info
 
     config = load_config(config_path, overrides)
+    torch.set_flush_denormal(config.run.flush_denormal)  # as the training stages run
     size, batch = config.data.image_size, config.student.train.batch_size
     torch.manual_seed(0)
     images = torch.randn(batch, 3, size, size, device=device)

@@ -275,10 +275,9 @@ def test_the_grid_shares_its_default_cells_with_the_table7_ablation():
             assert grid[grid_cell].section(section) == table7[table7_cell].section(section), (grid_cell, section)
 
 
-@pytest.mark.parametrize("sweep_file, regime", [("tat_default_seeds.yaml", "default.yaml"),
-                                                ("tat_plateau_seeds.yaml", "default_plateau.yaml")])
-def test_the_seeds_sweeps_are_their_regime_with_only_the_method_slot_changed(sweep_file: str, regime: str):
-    sweep = load_sweep(ROOT / "configs" / "sweeps" / sweep_file)
+@pytest.mark.parametrize("regime", ["default.yaml", "default_plateau.yaml"])
+def test_the_seeds_sweep_is_its_regime_with_only_the_method_slot_changed(regime: str):
+    sweep = load_sweep(ROOT / "configs" / "sweeps" / "tat_default_seeds.yaml", base=ROOT / "configs" / regime)
     base = load_config(ROOT / "configs" / regime)
     assert sweep.seeds == tuple(range(5)) and sweep.spec.baseline == "baseline"
     assert sweep.spec.matched_time == ["tat"]
@@ -290,6 +289,23 @@ def test_the_seeds_sweeps_are_their_regime_with_only_the_method_slot_changed(swe
     assert methods == {"baseline": ["none"], "tat": [spec.name for spec in base.distill.methods], "kd": ["kd"],
                        "kd_w3": ["kd"]}
     assert next(run.config.distill for run in sweep.runs if run.variant == "tat") == base.distill
+
+
+def test_another_base_config_runs_the_same_variants_in_that_regime_in_a_folder_of_its_own():
+    from pipeline.orchestration.sweep import DEFAULT_SWEEP_ROOT
+
+    path = ROOT / "configs" / "sweeps" / "compare_methods.yaml"  # its own base: the plateau regime
+    own, other = load_sweep(path, seeds=1), load_sweep(path, seeds=1, base=ROOT / "configs" / "default.yaml")
+    default = load_config(ROOT / "configs" / "default.yaml")
+    assert [run.variant for run in other.runs] == [run.variant for run in own.runs]
+    assert other.base_path == ROOT / "configs" / "default.yaml"
+    assert other.out == DEFAULT_SWEEP_ROOT / "compare_methods-default" != own.out
+    for run, own_run in zip(other.runs, own.runs):
+        assert run.config.teacher == default.teacher and run.config.data == default.data
+        assert run.config.student.train.epochs == default.student.train.epochs != own_run.config.student.train.epochs
+        assert run.config.distill.methods == own_run.config.distill.methods
+    with pytest.raises(ConfigError, match="--base .*missing.yaml does not exist"):
+        load_sweep(path, base=ROOT / "configs" / "missing.yaml")
 
 
 def test_the_tables_state_the_overrides_every_variant_ran_with(tmp_path):
@@ -305,6 +321,7 @@ def test_the_tables_state_the_overrides_every_variant_ran_with(tmp_path):
     table = summarise(sweep, {"teacher": {"miou": 60.0}}, record, results)
     assert table["overrides"] == list(sweep.overrides)
     assert "`teacher.train.epochs=3`" in sweep_markdown(table)
+    assert table["base"] == str(sweep.base_path) and f"Base config: `{sweep.base_path}`" in sweep_markdown(table)
 
 
 def test_gap_closure_uses_the_baseline_variants_mean(tmp_path):

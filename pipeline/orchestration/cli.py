@@ -48,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="train the teacher once, then the student over a grid of variants x seeds")
     sweep.add_argument("config", type=Path, help="sweep file, e.g. configs/sweeps/ablation_tat.yaml")
     sweep.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides applied to every variant")
-    sweep.add_argument("--out", type=Path, help="sweep folder (default: exported/sweeps/<sweep file name>)")
+    sweep.add_argument("--out", type=Path, help="sweep folder (default: exported/sweeps/<sweep file name>, "
+                       "with -<base config name> under --base)")
+    sweep.add_argument("--base", type=Path, metavar="CONFIG",
+                       help="pipeline config in place of the sweep file's base: the same variants in another regime")
     sweep.add_argument("--seeds", type=int, help="student seeds per variant (default: the sweep file's seeds)")
     sweep.add_argument("--variants", nargs="+", metavar="NAME", help="run only these variants (the baseline always runs too)")
     sweep.add_argument("--first-seed", type=int, metavar="S",
@@ -181,7 +184,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from pipeline.orchestration.sweep import run_sweep, sweep_markdown
 
     table = run_sweep(args.config, out=args.out, seeds=args.seeds, overrides=args.overrides, variants=args.variants,
-                      jobs=args.jobs, first_seed=args.first_seed)
+                      jobs=args.jobs, first_seed=args.first_seed, base=args.base)
     print()
     print(sweep_markdown(table))
     print(f"sweep folder: {table['out']}  (sweep.md, sweep.json, one run folder per variant x seed)")

@@ -121,6 +121,7 @@ class Sweep:
     overrides: tuple[str, ...] = ()
     base: dict[str, Any] = field(default_factory=dict)  # the base config file's contents
     common: tuple[tuple[list[str], Any], ...] = ()  # ``overrides`` as (key path, value)
+    base_path: Path | None = None  # the base config's file: the sweep file's base, or --base
 
     @property
     def teacher_dir(self) -> Path:
@@ -171,37 +172,45 @@ def describe_sweep_error(exc: ValidationError, path: Path) -> str:
 
 def load_sweep(
     path: str | Path, out: Path | None = None, seeds: int | None = None, overrides: list[str] | tuple[str, ...] = (),
-    variants: list[str] | tuple[str, ...] | None = None, first_seed: int | None = None,
+    variants: list[str] | tuple[str, ...] | None = None, first_seed: int | None = None, base: Path | None = None,
 ) -> Sweep:
     """Read and validate a sweep file and every variant x seed config, before anything trains.
     ``variants`` keeps only those variants and the baseline, if the file names one. Student seeds are
     ``first_seed``, ``first_seed + 1``, ... (default run.seed); the teacher stays keyed by run.seed, so
-    held-out seeds re-test a variant chosen on the first ones against the same teacher."""
+    held-out seeds re-test a variant chosen on the first ones against the same teacher. ``base``
+    replaces the file's base config: the same variants measured in another regime."""
     path = Path(path)
     spec = select_variants(read_sweep_file(path), variants, path)
-    base_path = spec.base if spec.base.is_absolute() else path.parent / spec.base
-    if not base_path.is_file():
-        raise ConfigError(f"{path}: base config {base_path} does not exist; 'base' is relative to the sweep file")
-    base = yaml.safe_load(base_path.read_text()) or {}
+    if base is not None:
+        base_path = Path(base)
+        if not base_path.is_file():
+            raise ConfigError(f"--base {base_path} does not exist; pass a pipeline config such as configs/default.yaml")
+    else:
+        base_path = spec.base if spec.base.is_absolute() else path.parent / spec.base
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: base config {base_path} does not exist; 'base' is relative to the sweep file")
+    base_config = yaml.safe_load(base_path.read_text()) or {}
     common = override_pairs(spec.overrides, f"{path} overrides") + [parse_override(o) for o in overrides]
-    out = out if out is not None else DEFAULT_SWEEP_ROOT / path.stem
+    if out is None:  # another base is another sweep: its own folder
+        out = DEFAULT_SWEEP_ROOT / (path.stem if base is None else f"{path.stem}-{base_path.stem}")
     count = seeds if seeds is not None else spec.seeds
     if count < 1:
         raise ConfigError(f"--seeds must be >= 1, got {count}")
     if first_seed is not None and first_seed < 0:
         raise ConfigError(f"--first-seed must be >= 0 (seeds feed numpy's seeding), got {first_seed}")
 
-    shared_data = _deep_copy(base)
+    shared_data = _deep_copy(base_config)
     for keys, value in common:
         apply_override(shared_data, keys, value)
     start = first_seed if first_seed is not None else int(_get(shared_data, ["run", "seed"], 0))
     runs = []
     for variant, variant_overrides in spec.variants.items():
         pairs = common + override_pairs(variant_overrides, f"{path} variant '{variant}'")
-        runs += [make_run(base, pairs, variant, start + index, path, out) for index in range(count)]
+        runs += [make_run(base_config, pairs, variant, start + index, path, out) for index in range(count)]
     _check_one_teacher(runs, path)
     shared = tuple(f"{'.'.join(keys)}={json.dumps(value)}" for keys, value in common)
-    return Sweep(path, spec, out, tuple(sorted({run.seed for run in runs})), tuple(runs), shared, base, tuple(common))
+    return Sweep(path, spec, out, tuple(sorted({run.seed for run in runs})), tuple(runs), shared, base_config,
+                 tuple(common), base_path)
 
 
 def make_run(base: dict[str, Any], pairs: list[tuple[list[str], Any]], variant: str, seed: int, path: Path,
@@ -289,6 +298,7 @@ def _check_one_teacher(runs: list[SweepRun], path: Path) -> None:
 def run_sweep(
     path: str | Path, out: Path | None = None, seeds: int | None = None, overrides: list[str] | tuple[str, ...] = (),
     variants: list[str] | tuple[str, ...] | None = None, jobs: int = 1, first_seed: int | None = None,
+    base: Path | None = None,
 ) -> dict[str, Any]:
     """Train the teacher once, then every variant x seed (``jobs`` at a time, each in its own process);
     write sweep.json and sweep.md; return the table."""
@@ -298,7 +308,7 @@ def run_sweep(
 
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
-    sweep = load_sweep(path, out, seeds, overrides, variants, first_seed)
+    sweep = load_sweep(path, out, seeds, overrides, variants, first_seed, base)
     checked: set[str] = set()
     for run in sweep.runs:  # unknown names and impossible method settings fail here, before the teacher trains
         if run.variant not in checked:
@@ -508,6 +518,7 @@ def summarise(
         "out": str(sweep.out),
         "seeds": list(sweep.seeds),
         "baseline": sweep.spec.baseline,
+        "base": str(sweep.base_path),
         "overrides": list(sweep.overrides),
         "teacher": {
             "miou": teacher_miou,
@@ -558,7 +569,7 @@ def sweep_markdown(table: dict[str, Any]) -> str:
         f"the teacher's outputs); s/run = mean training seconds per run. A `<baseline>.time_of_<variant>` row is "
         f"the baseline trained for as many epochs as fit in that variant's measured training time (distillation "
         f"steps cost more); gap closure at matched time is measured against it.",
-        f"Overrides applied to every variant: {', '.join(f'`{o}`' for o in table.get('overrides', [])) or 'none'}.",
+        f"Base config: `{table.get('base', '-')}`. Overrides applied to every variant: {', '.join(f'`{o}`' for o in table.get('overrides', [])) or 'none'}.",
         "",
         markdown_table(header, rows),
         "",

@@ -37,7 +37,7 @@ class RunConfig(StrictModel):
     deterministic: bool = True
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; None = torch default")
     # Subnormal floats take a slow microcode path on x86: flushing them to zero made the default's
-    # teacher epochs a fifth to a third faster on an AVX2 EPYC, with bit-identical weights.
+    # 2-thread training a third faster on an AVX2 EPYC, with bit-identical weights.
     flush_denormal: bool = Field(True, description="treat subnormal floats as zero on CPU (x86 FTZ/DAZ)")
     # Training speed on accelerators (all of it also runs on CPU; see pipeline/training.py).
     amp: Literal["none", "bf16", "fp16"] = Field("none", description="mixed precision; fp16 uses a GradScaler")

@@ -37,7 +37,8 @@ class RunConfig(StrictModel):
     deterministic: bool = True
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; None = torch default")
     # Subnormal floats take a slow microcode path on x86. Flushing them saved 5-23 % of the default
-    # teacher's 2-thread epoch time on an AVX2 EPYC, with bit-identical weights.
+    # teacher's 2-thread epoch time on an AVX2 EPYC; like the thread count, it can move the last bits
+    # of a sum and so a trained number (docs/BENCHMARKS.md, section "Subnormal floats").
     flush_denormal: bool = Field(True, description="treat subnormal floats as zero on CPU (x86 FTZ/DAZ)")
     # Training speed on accelerators (all of it also runs on CPU; see pipeline/training.py).
     amp: Literal["none", "bf16", "fp16"] = Field("none", description="mixed precision; fp16 uses a GradScaler")

@@ -569,7 +569,8 @@ def sweep_markdown(table: dict[str, Any]) -> str:
         f"the teacher's outputs); s/run = mean training seconds per run. A `<baseline>.time_of_<variant>` row is "
         f"the baseline trained for as many epochs as fit in that variant's measured training time (distillation "
         f"steps cost more); gap closure at matched time is measured against it.",
-        f"Base config: `{table.get('base', '-')}`. Overrides applied to every variant: {', '.join(f'`{o}`' for o in table.get('overrides', [])) or 'none'}.",
+        f"Base config: `{table.get('base', '-')}`. Overrides applied to every variant: "
+        f"{', '.join(f'`{o}`' for o in table.get('overrides', [])) or 'none'}.",
         "",
         markdown_table(header, rows),
         "",

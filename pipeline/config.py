@@ -131,6 +131,9 @@ class TrainConfig(StrictModel):
                                                            "None = all")
     eval_every: int = Field(1, ge=1, description="evaluate on val every N epochs and after the last one (a val "
                                                  "pass costs about half a training epoch on a 2-core CPU)")
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="keep an exponential moving average of the "
+                                    "network's weights (timm's model EMA) and evaluate and ship it in place of the "
+                                    "last weights; e.g. 0.99; None = off")
     # Lets a sweep vary the student's seed while the teacher (keyed by run.seed) stays the same.
     seed: int | None = Field(None, description="seed of this training (init, batch order); None = run.seed")
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
@@ -90,6 +91,24 @@ def build_optimizer(objective: nn.Module, cfg: TrainConfig) -> torch.optim.Optim
                                weight_decay=cfg.weight_decay)
     # The fused kernel updates every parameter in one pass: about 8% of a small model's CPU step.
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+
+
+def weight_average(model: nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of ``model``'s weights and buffers (batch-norm statistics too, as
+    torchvision's reference ``--model-ema``). Its decay starts low, min(decay, (1 + t) / (10 + t)) after
+    t updates (TensorFlow's ExponentialMovingAverage with num_updates), so that in a run of a few
+    hundred steps the random initial weights do not linger in the average."""
+
+    @torch.no_grad()
+    def update(averaged: list[Tensor], current: list[Tensor], updates: Tensor) -> None:
+        done = float(updates)
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1.0 + done) / (10.0 + done)))
+        else:  # counters such as num_batches_tracked: the model's own
+            for average, value in zip(averaged, current, strict=True):
+                average.copy_(value)
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
 
 def lr_factor(cfg: TrainConfig, step: int, total_steps: int) -> float:
@@ -263,13 +282,20 @@ class TrainState:
     scaler: torch.amp.GradScaler
     base_lrs: list[float]  # the configured rates the schedule scales (a checkpoint holds the last scaled ones)
     result: TrainResult = field(default_factory=TrainResult)
+    ema: AveragedModel | None = None  # train.ema_decay: the weight average evaluated and shipped
+
+    @property
+    def shipped(self) -> nn.Module:
+        """The network evaluated on val and saved: the weight average when there is one."""
+        return self.ema.module if self.ema is not None else self.objective.deployable
 
     @classmethod
     def create(cls, objective: nn.Module, cfg: TrainConfig, device: torch.device,
                runtime: TrainingRuntime) -> "TrainState":
         optimizer = build_optimizer(objective, cfg)
         return cls(objective, optimizer, torch.amp.GradScaler(device.type, enabled=runtime.amp == "fp16"),
-                   [group["lr"] for group in optimizer.param_groups])
+                   [group["lr"] for group in optimizer.param_groups],
+                   ema=weight_average(objective.deployable, cfg.ema_decay) if cfg.ema_decay else None)
 
     def resume(self, checkpoint: Path, fingerprint: str) -> int:
         """Load the checkpoint of this fingerprint, if any; the first epoch still to train."""
@@ -280,6 +306,8 @@ class TrainState:
         self.optimizer.load_state_dict(state["optimizer"])
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         self.result.history, self.result.steps, self.result.seconds = state["history"], state["steps"], state["seconds"]
         self.result.resumed_from_epoch = state["epoch"] + 1
         return self.result.resumed_from_epoch
@@ -288,6 +316,7 @@ class TrainState:
         atomic_torch_save(
             {"fingerprint": fingerprint, "epoch": epoch, "task": self.objective.state_dict(),
              "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+             **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
              "history": self.result.history, "steps": self.result.steps, "seconds": self.result.seconds},
             checkpoint,
         )
@@ -318,6 +347,8 @@ def train_one_epoch(step_module: nn.Module, state: TrainState, data: TrainLoader
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        if state.ema is not None:
+            state.ema.update_parameters(state.objective.deployable)
         for name, value in {"loss": loss, **parts}.items():
             sums[name] = sums.get(name, 0.0) + value.detach().float()  # summed on device: no sync per step
         bar.update(1)
@@ -368,7 +399,7 @@ def train(
         data.start_epoch(epoch)
         row = train_one_epoch(step_module, state, data, epoch, cfg, device, runtime, desc)
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            state.result.final_evaluation = evaluate_epoch(objective, val_loader, make_evaluator(), device,
+            state.result.final_evaluation = evaluate_epoch(state.shipped, val_loader, make_evaluator(), device,
                                                            runtime, row)
         state.result.history.append(row)
         _say(main, _epoch_line(desc, cfg.epochs, row))
@@ -378,15 +409,17 @@ def train(
             saved_at = time.monotonic()
         if on_epoch is not None:
             on_epoch(row)
+    if state.ema is not None:  # what the caller saves, strips and exports: the average
+        objective.deployable.load_state_dict(state.ema.module.state_dict())
     return state.result
 
 
-def evaluate_epoch(objective: nn.Module, val_loader: DataLoader, evaluator: Evaluator, device: torch.device,
+def evaluate_epoch(model: nn.Module, val_loader: DataLoader, evaluator: Evaluator, device: torch.device,
                    runtime: TrainingRuntime, row: dict[str, Any]) -> Evaluation:
-    """Val figures of the deployable network, added to the epoch's history ``row`` as ``val_loss``
-    and ``val_<name>``. Every rank evaluates rank 0's batch-norm statistics, the ones it saves."""
-    distributed.broadcast_buffers(objective)
-    evaluation = evaluate(objective.deployable, val_loader, evaluator, device, runtime=runtime)
+    """Val figures of the network to ship, added to the epoch's history ``row`` as ``val_loss`` and
+    ``val_<name>``. Every rank evaluates rank 0's batch-norm statistics, the ones it saves."""
+    distributed.broadcast_buffers(model)
+    evaluation = evaluate(model, val_loader, evaluator, device, runtime=runtime)
     figures = evaluation.evaluator.scalars()
     row.update({"val_loss": evaluation.loss, **{f"val_{name}": value for name, value in figures.items()}})
     return evaluation

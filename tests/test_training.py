@@ -19,7 +19,9 @@ from pipeline.builders import build_student, data_splits
 from pipeline.config import RunConfig, load_config
 from pipeline.environment import configure_torch
 from pipeline.orchestration.cli import main
-from pipeline.training import SupervisedObjective, TrainingRuntime, TrainState, lr_factor, train
+from pipeline.tasks.segmentation import SegmentationEvaluator
+from pipeline.training import (SupervisedObjective, TrainingRuntime, TrainState, evaluate, lr_factor, train,
+                               weight_average)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.image_size=32", "data.train_size=32", "data.val_size=8", "student.train.epochs=3",
@@ -48,12 +50,13 @@ def fit(checkpoint: Path, stop_after_epoch: int | None = None, overrides: tuple[
     return task, result
 
 
-def test_interrupted_training_resumes_from_its_checkpoint_to_identical_weights(tmp_path):
-    reference, _ = fit(tmp_path / "uninterrupted.pt")
+@pytest.mark.parametrize("overrides", [(), ("student.train.ema_decay=0.9",)], ids=["plain", "weight-average"])
+def test_interrupted_training_resumes_from_its_checkpoint_to_identical_weights(tmp_path, overrides):
+    reference, _ = fit(tmp_path / "uninterrupted.pt", overrides=overrides)
     with pytest.raises(Interrupt):
-        fit(tmp_path / "ckpt.pt", stop_after_epoch=1)
+        fit(tmp_path / "ckpt.pt", stop_after_epoch=1, overrides=overrides)
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["epoch"] == 0
-    resumed, result = fit(tmp_path / "ckpt.pt")
+    resumed, result = fit(tmp_path / "ckpt.pt", overrides=overrides)
     assert result.resumed_from_epoch == 1
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
@@ -118,6 +121,38 @@ def test_a_killed_pipeline_resumes_training_from_the_last_epoch(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "resuming from checkpoint after epoch" in done.stdout
     assert (out / "train_teacher" / "_complete.json").exists()
+
+
+def test_the_weight_average_follows_the_model_fast_at_first_then_at_the_configured_decay():
+    model = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.BatchNorm1d(1))
+    weight, counter = model[0].weight, model[1].num_batches_tracked
+    average = weight_average(model, decay=0.9)
+    with torch.no_grad():
+        weight.fill_(0.0)
+    average.update_parameters(model)  # the first update copies
+    expected = 0.0
+    for update in range(1, 100):  # the decay reaches 0.9 at update 71
+        with torch.no_grad():
+            weight.fill_(1.0)
+        counter.fill_(update)
+        average.update_parameters(model)
+        decay = min(0.9, (1 + update) / (10 + update))
+        expected = decay * expected + (1 - decay) * 1.0
+        assert average.module[0].weight.item() == pytest.approx(expected)
+        assert average.module[1].num_batches_tracked.item() == update  # counters are copied, not averaged
+
+
+def test_with_ema_decay_the_weight_average_is_what_is_evaluated_and_returned(tmp_path):
+    last, _ = fit(tmp_path / "plain.pt")
+    averaged, result = fit(tmp_path / "ema.pt", overrides=("student.train.ema_decay=0.5",))
+    # The same steps (the average does not feed back into training), but other shipped weights:
+    assert any(not torch.equal(a, b) for a, b in zip(last.model.parameters(), averaged.model.parameters()))
+    config = load_config(None, TINY)
+    info, _, val_set = data_splits(config)
+    shipped = evaluate(averaged.model, DataLoader(val_set, batch_size=8),
+                       SegmentationEvaluator.for_classes(info.num_classes), torch.device("cpu"))
+    assert result.history[-1]["val_miou"] == pytest.approx(shipped.evaluator.scalars()["miou"])
+    assert result.history[-1]["val_loss"] == pytest.approx(shipped.loss)
 
 
 def test_eval_every_evaluates_every_nth_epoch_and_always_the_last(tmp_path):

@@ -273,8 +273,8 @@ class TrainLoader:
 
 @dataclass
 class TrainState:
-    """What a checkpoint holds: the objective's weights, the optimizer, the grad scaler and the
-    history so far. Saved atomically (when: ``TrainingRuntime.checkpoint_seconds``); resumed only by the
+    """What a checkpoint holds: the objective's weights, the optimizer, the grad scaler, the weight
+    average if any and the history so far. Saved atomically (when: ``TrainingRuntime.checkpoint_seconds``); resumed only by the
     same fingerprint."""
 
     objective: nn.Module

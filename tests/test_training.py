@@ -130,10 +130,10 @@ def test_the_weight_average_follows_the_model_fast_at_first_then_at_the_configur
     with torch.no_grad():
         weight.fill_(0.0)
     average.update_parameters(model)  # the first update copies
+    with torch.no_grad():
+        weight.fill_(1.0)
     expected = 0.0
-    for update in range(1, 100):  # the decay reaches 0.9 at update 71
-        with torch.no_grad():
-            weight.fill_(1.0)
+    for update in range(1, 100):  # the decay reaches 0.9 at update 80
         counter.fill_(update)
         average.update_parameters(model)
         decay = min(0.9, (1 + update) / (10 + update))

@@ -187,9 +187,13 @@ def test_a_run_gets_tables_sorted_by_effect_and_nothing_else_changes(seg_run, tm
     nodes = [row for row in saved["rows"] if row["kind"] == "node"]
     assert [r["delta_vs_int8"] for r in nodes] == sorted((r["delta_vs_int8"] for r in nodes), reverse=True)
     assert all(r["p50_ms"] > 0 and r["op_type"] == "Conv" for r in nodes)
+    # Each node names the module it was exported from, in the table too: node_conv2d_N alone says nothing.
+    graph_order = conv_nodes(open_run(seg_run).fp32)
+    assert {r["name"]: r["module"] for r in nodes} == {name: f"convs.{i}" for i, name in enumerate(graph_order[:3])}
+    assert f"| {graph_order[0]} | Conv | convs.0 |" in (seg_run / "sensitivity" / "sensitivity.md").read_text()
     assert saved["metric"] == "miou" and saved["val_images"] == 8 and saved["suggestion"] == report.context["suggestion"]
     csv_lines = (seg_run / "sensitivity" / "sensitivity.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("name,kind,op_type,metric") and len(csv_lines) == 1 + len(saved["rows"])
+    assert csv_lines[0].startswith("name,kind,op_type,module,metric") and len(csv_lines) == 1 + len(saved["rows"])
 
     one = run_sensitivity(seg_run, SensitivityOptions(mode="quantize-one", latency=False, max_nodes=2),
                           out=tmp_path / "q1", progress=None)

@@ -18,6 +18,7 @@ single-node recoveries need not add up.
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import json
@@ -49,7 +50,7 @@ from pipeline.reporting.tables import markdown_table
 
 MODES = ("keep-one-float", "quantize-one")
 OUT_DIR = "sensitivity"  # inside the run folder, unless --out says otherwise
-COLUMNS = ("name", "kind", "op_type", "metric", "delta_vs_int8", "delta_vs_fp32", "p50_ms", "quantize_linear")
+COLUMNS = ("name", "kind", "op_type", "module", "metric", "delta_vs_int8", "delta_vs_fp32", "p50_ms", "quantize_linear")
 # Val batches are kept in memory for the next variant up to this size; a larger split is re-read.
 _CACHE_BYTES = 1 << 30
 
@@ -135,6 +136,26 @@ def quantized_nodes(model: onnx.ModelProto, op_types: Sequence[str], excluded: S
             if node.op_type in allowed and node.name not in skip and dequantized.intersection(node.input)]
 
 
+def source_modules(model: onnx.ModelProto) -> dict[str, str]:
+    """Node name -> the PyTorch module it was exported from (``backbone.features.7.conv.1.0``), read
+    from the ``pkg.torch.onnx.name_scopes`` metadata torch.onnx's exporter gives every node: the
+    innermost module scope, before the node's own name. Nodes without it (other exporters) are left
+    out: ONNX node names such as ``node_conv2d_19`` alone do not say which layer to look at."""
+    modules = {}
+    for node in model.graph.node:
+        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
+        if scopes is None:
+            continue
+        try:
+            names = ast.literal_eval(scopes)
+        except (ValueError, SyntaxError):
+            continue
+        inner = names[-2] if isinstance(names, list) and len(names) >= 2 else ""
+        if inner:
+            modules[node.name] = inner
+    return modules
+
+
 def suggest_float_nodes(rows: Sequence[dict[str, Any]], *, fp32: float, int8: float, tolerance: float,
                         existing: Sequence[str] = ()) -> Suggestion:
     """Greedy ``quantize.float_nodes`` from ``keep-one-float`` node rows (``name``, ``delta_vs_int8``)."""
@@ -172,6 +193,7 @@ def run_sensitivity(run_dir: Path, options: SensitivityOptions = SensitivityOpti
             f"{recipe.activation_type} activations, {'7' if recipe.reduce_range else '8'}-bit weights)")
         calibrated = calibrate_int8(run.fp32, images, recipe, work)
         variant = work / "variant.onnx"
+        modules = source_modules(onnx.load(str(run.fp32)))
 
         def measure(name: str, kind: str, op_type: str | None, **quantize: Sequence[str]) -> dict[str, Any]:
             path = run.fp32
@@ -180,8 +202,8 @@ def run_sensitivity(run_dir: Path, options: SensitivityOptions = SensitivityOpti
                 path = variant
             metric, p50 = scorer(path)
             q_count = sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(path)).graph.node)
-            return {"name": name, "kind": kind, "op_type": op_type, "metric": metric, "p50_ms": p50,
-                    "quantize_linear": q_count}
+            return {"name": name, "kind": kind, "op_type": op_type, "module": modules.get(name), "metric": metric,
+                    "p50_ms": p50, "quantize_linear": q_count}
 
         fp32_row = measure("fp32", "fp32", None)
         int8_row = measure("int8", "int8", None)
@@ -201,7 +223,8 @@ def run_sensitivity(run_dir: Path, options: SensitivityOptions = SensitivityOpti
             change = {"extra_float_nodes": [name]} if options.mode == "keep-one-float" else {"only_nodes": [name]}
             row = _with_deltas(measure(name, "node", op_type, **change), fp32_row, int8_row)
             rows.append(row)
-            say(f"[sensitivity] {index}/{len(chosen)} {name} ({op_type}): {task.metric_label} {row['metric']:.4f} "
+            say(f"[sensitivity] {index}/{len(chosen)} {name} ({op_type}"
+                + (f", {row['module']}" if row["module"] else "") + f"): {task.metric_label} {row['metric']:.4f} "
                 f"({row['delta_vs_int8']:+.4f} vs INT8, {row['delta_vs_fp32']:+.4f} vs FP32)"
                 + (f", p50 {row['p50_ms']:.3f} ms" if row["p50_ms"] is not None else ""))
 
@@ -255,9 +278,9 @@ def write_report(directory: Path, rows: Sequence[dict[str, Any]], context: dict[
 def to_markdown(rows: Sequence[dict[str, Any]], context: dict[str, Any]) -> str:
     label = context["metric_label"]
     # Single-node effects are often hundredths of a point: more decimals than the report's tables.
-    table = markdown_table(["node", "op", f"{label} %", "vs INT8", "vs FP32", "p50 ms"],
-                           [[row["name"], row["op_type"] or row["kind"], f"{row['metric']:.3f}",
-                             f"{row['delta_vs_int8']:+.3f}", f"{row['delta_vs_fp32']:+.3f}",
+    table = markdown_table(["node", "op", "module", f"{label} %", "vs INT8", "vs FP32", "p50 ms"],
+                           [[row["name"], row["op_type"] or row["kind"], row.get("module") or "-",
+                             f"{row['metric']:.3f}", f"{row['delta_vs_int8']:+.3f}", f"{row['delta_vs_fp32']:+.3f}",
                              "-" if row["p50_ms"] is None else f"{row['p50_ms']:.3f}"] for row in rows])
     parts = [table, "", suggestion_text(context.get("suggestion"), label)] if context.get("suggestion") else [table]
     facts = {k: v for k, v in context.items() if k != "suggestion"}

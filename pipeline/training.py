@@ -274,8 +274,8 @@ class TrainLoader:
 @dataclass
 class TrainState:
     """What a checkpoint holds: the objective's weights, the optimizer, the grad scaler, the weight
-    average if any and the history so far. Saved atomically (when: ``TrainingRuntime.checkpoint_seconds``); resumed only by the
-    same fingerprint."""
+    average if any and the history so far. Saved atomically (when: ``TrainingRuntime.checkpoint_seconds``);
+    resumed only by the same fingerprint."""
 
     objective: nn.Module
     optimizer: torch.optim.Optimizer

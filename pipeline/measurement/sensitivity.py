@@ -279,7 +279,7 @@ def to_markdown(rows: Sequence[dict[str, Any]], context: dict[str, Any]) -> str:
     label = context["metric_label"]
     # Single-node effects are often hundredths of a point: more decimals than the report's tables.
     table = markdown_table(["node", "op", "module", f"{label} %", "vs INT8", "vs FP32", "p50 ms"],
-                           [[row["name"], row["op_type"] or row["kind"], row.get("module") or "-",
+                           [[row["name"], row["op_type"] or row["kind"], row["module"] or "-",
                              f"{row['metric']:.3f}", f"{row['delta_vs_int8']:+.3f}", f"{row['delta_vs_fp32']:+.3f}",
                              "-" if row["p50_ms"] is None else f"{row['p50_ms']:.3f}"] for row in rows])
     parts = [table, "", suggestion_text(context.get("suggestion"), label)] if context.get("suggestion") else [table]

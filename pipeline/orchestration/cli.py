@@ -250,7 +250,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     print(f"most sensitive nodes ({report.context['sorted_by']}):")
     for row in [r for r in report.rows if r["kind"] == "node"][:5]:
         print(f"  {row['name']:<32} {row['op_type'] or '':<10} {label} {row['metric']:.4f}  "
-              f"{row['delta_vs_int8']:+.4f} vs INT8  {row['delta_vs_fp32']:+.4f} vs FP32  {row.get('module') or ''}")
+              f"{row['delta_vs_int8']:+.4f} vs INT8  {row['delta_vs_fp32']:+.4f} vs FP32  {row['module'] or ''}")
     if report.suggestion is not None:
         print()
         print(suggestion_text(report.context["suggestion"], label))

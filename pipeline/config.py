@@ -134,6 +134,10 @@ class TrainConfig(StrictModel):
     ema_decay: float | None = Field(None, gt=0, lt=1, description="keep an exponential moving average of the "
                                     "network's weights (timm's model EMA) and evaluate and ship it in place of the "
                                     "last weights; e.g. 0.99; None = off")
+    precise_bn_batches: int = Field(0, ge=0, description="before each val evaluation, re-estimate the batch-norm "
+                                    "statistics of the weights being evaluated over this many training batches "
+                                    "(precise BN: Detectron2's PreciseBN hook, pycls); 0 = the running averages, "
+                                    "which trail the weights while they still move")
     # Lets a sweep vary the student's seed while the teacher (keyed by run.seed) stays the same.
     seed: int | None = Field(None, description="seed of this training (init, batch order); None = run.seed")
 

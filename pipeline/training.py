@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel
+from torch.optim.swa_utils import AveragedModel, update_bn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
@@ -399,6 +400,8 @@ def train(
         data.start_epoch(epoch)
         row = train_one_epoch(step_module, state, data, epoch, cfg, device, runtime, desc)
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            if cfg.precise_bn_batches:
+                recompute_batchnorm(state.shipped, data, cfg.precise_bn_batches, device, runtime)
             state.result.final_evaluation = evaluate_epoch(state.shipped, val_loader, make_evaluator(), device,
                                                            runtime, row)
         state.result.history.append(row)
@@ -412,6 +415,23 @@ def train(
     if state.ema is not None:  # what the caller saves, strips and exports: the average
         objective.deployable.load_state_dict(state.ema.module.state_dict())
     return state.result
+
+
+def recompute_batchnorm(model: nn.Module, data: TrainLoader, batches: int, device: torch.device,
+                        runtime: TrainingRuntime) -> None:
+    """Replace every batch-norm layer's running statistics by their plain mean over ``batches`` training
+    batches (augmented, as in training) through ``model`` as it is now (torch's ``update_bn``, the
+    recipe of SWA and of Detectron2's PreciseBN). The momentum averages mix the statistics of the
+    last few dozen steps' weights: evaluated while the weights still move, they understate the
+    network. Changes no weight and no later batch: each epoch reseeds its sampling and augmentation."""
+    images = (runtime.images(batch, device) for batch, _ in islice(cycle_batches(data), batches))
+    update_bn(images, model)
+
+
+def cycle_batches(data: TrainLoader) -> Iterator[tuple[Tensor, Tensor]]:
+    """The epoch's batches again and again (fresh augmentations each pass)."""
+    while True:
+        yield from data.batches()
 
 
 def evaluate_epoch(model: nn.Module, val_loader: DataLoader, evaluator: Evaluator, device: torch.device,

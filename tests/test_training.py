@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader
 
 from pipeline.builders import build_student, data_splits
@@ -20,8 +21,8 @@ from pipeline.config import RunConfig, load_config
 from pipeline.environment import configure_torch
 from pipeline.orchestration.cli import main
 from pipeline.tasks.segmentation import SegmentationEvaluator
-from pipeline.training import (SupervisedObjective, TrainingRuntime, TrainState, evaluate, lr_factor, train,
-                               weight_average)
+from pipeline.training import (SupervisedObjective, TrainingRuntime, TrainLoader, TrainState, evaluate, lr_factor,
+                               train, weight_average)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.image_size=32", "data.train_size=32", "data.val_size=8", "student.train.epochs=3",
@@ -181,3 +182,29 @@ def test_max_images_trains_on_the_first_images_of_the_train_split_only(tmp_path)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["teacher"]["steps"] == 64 // 16, "the teacher trains on the whole split"
     assert metrics["student_baseline"]["steps"] == 32 // 16, "the student on its first 32 images"
+
+
+def test_precise_bn_evaluates_and_ships_statistics_recomputed_over_training_batches_with_the_final_weights(tmp_path):
+    no_dropout = "student.model.dropout=0"  # dropout would make the recomputed statistics random
+    plain, _ = fit(tmp_path / "plain.pt", overrides=(no_dropout,))
+    precise, result = fit(tmp_path / "precise.pt", overrides=(no_dropout, "student.train.precise_bn_batches=6"))
+    # Training is unchanged: the same weights, step for step; only the statistics differ.
+    for (name, a), b in zip(plain.model.named_parameters(), precise.model.parameters()):
+        assert torch.equal(a, b), name
+    recomputed = dict(precise.model.named_buffers())
+    assert any(not torch.equal(recomputed[name], value) for name, value in plain.model.named_buffers()
+               if name.endswith("running_mean"))
+    # They are the plain mean over 6 training batches drawn after the last epoch (its 4 batches again,
+    # then 2 more, freshly augmented) through the final weights:
+    config = load_config(None, [*TINY, no_dropout])
+    info, train_set, val_set = data_splits(config)
+    data = TrainLoader.build(train_set, config.student.train, TrainingRuntime(), torch.device("cpu"), 0, "test")
+    data.start_epoch(config.student.train.epochs - 1)
+    list(data.batches())  # the last epoch's training
+    update_bn([images for images, _ in [*data.batches(), *data.batches()][:6]], plain.model)
+    for name, value in plain.model.named_buffers():
+        torch.testing.assert_close(recomputed[name], value, msg=name)
+    # ... and they are what was evaluated on val:
+    shipped = evaluate(precise.model, DataLoader(val_set, batch_size=8),
+                       SegmentationEvaluator.for_classes(info.num_classes), torch.device("cpu"))
+    assert result.history[-1]["val_miou"] == pytest.approx(shipped.evaluator.scalars()["miou"])

@@ -242,7 +242,7 @@ def test_the_plateau_config_is_the_default_with_longer_schedules_only():
     models and data only while nothing but the schedules differs."""
     default = load_config(ROOT / "configs" / "default.yaml")
     plateau = load_config(ROOT / "configs" / "default_plateau.yaml")
-    schedules = {"epochs", "batch_size", "lr", "eval_every"}
+    schedules = {"epochs", "batch_size", "lr", "warmup_steps", "eval_every"}
     assert plateau.data == default.data and plateau.qat == default.qat
     for role in ("teacher", "student"):
         ours, theirs = getattr(plateau, role), getattr(default, role)
@@ -252,9 +252,12 @@ def test_the_plateau_config_is_the_default_with_longer_schedules_only():
     assert plateau.teacher.train.epochs * (plateau.data.train_size // plateau.teacher.train.batch_size) > \
         default.teacher.train.epochs * (default.data.train_size // default.teacher.train.batch_size)
     assert plateau.distill.model_dump(exclude={"warmup_steps"}) == default.distill.model_dump(exclude={"warmup_steps"})
-    # The distillation ramp is the same share of training in both.
-    assert plateau.distill.warmup_steps / plateau.student.train.epochs == \
-        default.distill.warmup_steps / default.student.train.epochs
+    # The distillation ramp is the same share of the students' steps in both.
+    def steps(config):
+        train = config.student.train
+        return train.epochs * (train.max_images // train.batch_size)
+
+    assert plateau.distill.warmup_steps / steps(plateau) == default.distill.warmup_steps / steps(default)
 
 
 def test_every_shipped_sweep_trains_the_teacher_and_student_of_its_base_regime():

@@ -423,7 +423,8 @@ def recompute_batchnorm(model: nn.Module, data: TrainLoader, batches: int, devic
     batches (augmented, as in training) through ``model`` as it is now (torch's ``update_bn``, the
     recipe of SWA and of Detectron2's PreciseBN). The momentum averages mix the statistics of the
     last few dozen steps' weights: evaluated while the weights still move, they understate the
-    network. Changes no weight and no later batch: each epoch reseeds its sampling and augmentation."""
+    network. Changes no weight, and no later batch where each epoch reseeds its sampling and augmentation
+    (``data.workers`` 0 or non-persistent workers; persistent ones draw on from their own streams)."""
     images = (runtime.images(batch, device) for batch, _ in islice(cycle_batches(data), batches))
     update_bn(images, model)
 

@@ -285,6 +285,23 @@ def test_the_grid_shares_its_default_cells_with_the_table7_ablation():
             assert grid[grid_cell].section(section) == table7[table7_cell].section(section), (grid_cell, section)
 
 
+def test_the_weight_sweep_varies_only_tats_weight_and_shares_its_default_cell():
+    """tat_weight.yaml's header says tat_w3 is the default and can be hard-linked from the Table 7 sweep
+    run on the default: that holds only while both read the same data, models and distillation."""
+    default = load_config(ROOT / "configs" / "default.yaml")
+    weights = {run.variant: run.config for run in load_sweep(ROOT / "configs" / "sweeps" / "tat_weight.yaml", seeds=1).runs}
+    table7 = {run.variant: run.config for run in load_sweep(ROOT / "configs" / "sweeps" / "ablation_tat.yaml", seeds=1,
+                                                            base=ROOT / "configs" / "default.yaml").runs}
+    assert weights["tat_w3"].distill == default.distill
+    for section in ("data", "teacher", "student", "distill"):
+        assert weights["tat_w3"].section(section) == table7["patch_anchor"].section(section), section
+    tat = default.distill.methods[0]
+    for variant, weight in (("tat_w1p5", 1.5), ("tat_w6", 6.0)):
+        (method,) = weights[variant].distill.methods
+        assert method.weight == weight
+        assert method.model_dump(exclude={"weight"}) == tat.model_dump(exclude={"weight"}), variant
+
+
 @pytest.mark.parametrize("regime", ["default.yaml", "default_plateau.yaml"])
 def test_the_seeds_sweep_is_its_regime_with_only_the_method_slot_changed(regime: str):
     sweep = load_sweep(ROOT / "configs" / "sweeps" / "tat_default_seeds.yaml", base=ROOT / "configs" / regime)

@@ -366,6 +366,33 @@ def test_gap_closure_uses_the_baseline_variants_mean(tmp_path):
     assert table["variants"]["tat"]["miou_std"] == pytest.approx(statistics.stdev([50.0, 52.0]), abs=1e-4)
 
 
+def test_each_variant_is_compared_with_the_baseline_seed_by_seed(tmp_path):
+    """Two seeds where the means differ by 4.5 but the variant is above on one seed only: the paired
+    figures say so where the means cannot."""
+    from pipeline.orchestration.stage import StageRecord
+    from pipeline.orchestration.sweep import summarise, sweep_markdown
+
+    sweep = load_sweep(write_sweep(tmp_path), out=tmp_path / "out")
+    fake = {("baseline", 0): 40.0, ("baseline", 1): 42.0, ("tat", 0): 50.0, ("tat", 1): 41.0}
+    results = [(run, {"student": {"miou": fake[run.variant, run.seed], "seconds_per_step": 0.1, "steps": 2}})
+               for run in sweep.runs]
+    record = StageRecord("train_teacher", "f" * 64, {}, {}, {}, 1.0, "now")
+    table = summarise(sweep, {"teacher": {"miou": 60.0}}, record, results)
+    paired = table["variants"]["tat"]["paired_vs_baseline"]
+    assert paired == {"mean": 4.5, "std": pytest.approx(statistics.stdev([10.0, -1.0]), abs=1e-4), "above": 1, "seeds": 2}
+    assert "paired_vs_baseline" not in table["variants"]["baseline"]
+    assert "+4.50 (7.78), above on 1 of 2" in sweep_markdown(table)
+
+
+def test_the_paired_difference_uses_only_the_seeds_both_ran():
+    from pipeline.orchestration.sweep import paired_difference
+
+    baseline = [{"seed": 0, "miou": 40.0}, {"seed": 1, "miou": 42.0}]
+    assert paired_difference([{"seed": 1, "miou": 45.0}, {"seed": 7, "miou": 99.0}], baseline) == \
+        {"mean": 3.0, "std": None, "above": 1, "seeds": 1}
+    assert paired_difference([{"seed": 7, "miou": 99.0}], baseline) is None
+
+
 def test_a_subset_of_variants_runs_only_those_plus_the_baseline():
     subset = load_sweep(ROOT / "configs" / "sweeps" / "ablation_tat.yaml", variants=["baseline", "patch_anchor"])
     assert list(subset.spec.variants) == ["baseline", "patch_anchor"] and len(subset.runs) == 10
@@ -424,6 +451,8 @@ def test_a_wall_clock_matched_baseline_trains_for_the_distilled_students_time(tm
     gap = table["teacher"]["miou"] - matched["miou_mean"]
     expected = None if abs(gap) < 1e-9 else round(100 * (tat["miou_mean"] - matched["miou_mean"]) / gap, 2)
     assert tat["gap_closure_vs_matched_time_percent"] == expected
+    assert tat["paired_vs_matched_time_baseline"]["mean"] == pytest.approx(tat["miou_mean"] - matched["miou_mean"], abs=1e-4)
+    assert tat["paired_vs_matched_time_baseline"]["seeds"] == 1
     assert "baseline.time_of_tat" in (out / "sweep.md").read_text()
 
 

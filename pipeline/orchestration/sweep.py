@@ -505,11 +505,16 @@ def summarise(
         entry["seconds"] = _mean([r["seconds"] for r in entry["runs"]])
         entry["delta_vs_baseline"] = None if baseline_mean is None else round(entry["miou_mean"] - baseline_mean, 4)
         entry["gap_closure_percent"] = gap_closure(teacher_miou, baseline_mean, entry["miou_mean"])
+    if sweep.spec.baseline is not None:
+        for name, entry in variants.items():
+            if name != sweep.spec.baseline:
+                entry["paired_vs_baseline"] = paired_difference(entry["runs"], variants[sweep.spec.baseline]["runs"])
     for variant in sweep.spec.matched_time:
         matched = variants.get(matched_time_name(str(sweep.spec.baseline), variant))
         if matched is not None and variant in variants:
             entry = variants[variant]
             entry["delta_vs_matched_time_baseline"] = round(entry["miou_mean"] - matched["miou_mean"], 4)
+            entry["paired_vs_matched_time_baseline"] = paired_difference(entry["runs"], matched["runs"])
             entry["gap_closure_vs_matched_time_percent"] = gap_closure(teacher_miou, matched["miou_mean"],
                                                                        entry["miou_mean"])
     return {
@@ -529,6 +534,26 @@ def summarise(
         "run": teacher_metrics.get("run", {}),
         "variants": variants,
     }
+
+
+def paired_difference(runs: list[dict[str, Any]], reference_runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """``runs`` minus ``reference_runs`` seed by seed: a student seed fixes the initialisation and batch
+    order in both, so the per-seed difference separates a method from the seed's luck, which the two
+    means' spreads do not. Mean and sample std of the differences, and on how many seeds ``runs`` is
+    above; None when no seed is shared."""
+    reference = {run["seed"]: run["miou"] for run in reference_runs}
+    differences = [run["miou"] - reference[run["seed"]] for run in runs if run["seed"] in reference]
+    if not differences:
+        return None
+    return {"mean": _mean(differences), "std": _std(differences), "above": sum(d > 0 for d in differences),
+            "seeds": len(differences)}
+
+
+def _paired(entry: dict[str, Any] | None) -> str:
+    if entry is None:
+        return "-"
+    spread = f" ({entry['std']:.2f})" if entry["std"] is not None else ""
+    return f"{entry['mean']:+.2f}{spread}, above on {entry['above']} of {entry['seeds']}"
 
 
 def gap_closure(teacher: float, baseline: float | None, student: float) -> float | None:
@@ -551,11 +576,13 @@ def sweep_markdown(table: dict[str, Any]) -> str:
         if "matched_time_of" in entry:
             label += f" ({entry['epochs']} epochs)"
         rows.append([label, entry["methods"], len(entry["runs"]), _pm(entry["miou_mean"], entry["miou_std"]),
-                     entry["delta_vs_baseline"], entry["gap_closure_percent"],
-                     entry.get("gap_closure_vs_matched_time_percent", "-"), entry["seconds_per_step"],
+                     _paired(entry.get("paired_vs_baseline")), entry["gap_closure_percent"],
+                     entry.get("gap_closure_vs_matched_time_percent", "-"),
+                     _paired(entry.get("paired_vs_matched_time_baseline")), entry["seconds_per_step"],
                      entry.get("seconds", "-")])
-    header = ["variant", "loss", "seeds", "student mIoU % (mean ± std)", "Δ vs baseline", "gap closure %",
-              "gap closure % at matched time", "s/step", "s/run"]
+    header = ["variant", "loss", "seeds", "student mIoU % (mean ± std)", "Δ vs baseline per seed (std), above on",
+              "gap closure %", "gap closure % at matched time", "Δ vs matched-time baseline per seed (std), above on",
+              "s/step", "s/run"]
     versions = table["run"].get("versions", {})
     lines = [
         f"# Sweep {Path(table['sweep']).name}",
@@ -564,7 +591,9 @@ def sweep_markdown(table: dict[str, Any]) -> str:
         "",
         f"Teacher (trained once, `{table['teacher']['run_dir']}/`): val mIoU {table['teacher']['miou']:.2f} %.",
         f"Student seeds: {table['seeds']}. Gap closure = (student - baseline) / (teacher - baseline), "
-        f"from the variants' mean mIoU; std is the sample standard deviation over seeds. "
+        f"from the variants' mean mIoU; std is the sample standard deviation over seeds. Δ per seed = the variant "
+        f"minus the baseline on each student seed (the same initialisation and batch order): its mean, the std of "
+        f"the differences, and on how many seeds the variant is above. "
         f"s/step = mean seconds per training step (the teacher's forward pass included where a method reads "
         f"the teacher's outputs); s/run = mean training seconds per run. A `<baseline>.time_of_<variant>` row is "
         f"the baseline trained for as many epochs as fit in that variant's measured training time (distillation "

@@ -351,16 +351,20 @@ def test_the_tables_state_the_overrides_every_variant_ran_with(tmp_path):
     assert table["base"] == str(sweep.base_path) and f"Base config: `{sweep.base_path}`" in sweep_markdown(table)
 
 
-def test_gap_closure_uses_the_baseline_variants_mean(tmp_path):
+def summary_of(tmp_path: Path, mious: dict[tuple[str, int], float], teacher_miou: float = 60.0) -> dict:
+    """The sweep table of the two-variant, two-seed test sweep, had its students scored ``mious``."""
     from pipeline.orchestration.stage import StageRecord
     from pipeline.orchestration.sweep import summarise
 
     sweep = load_sweep(write_sweep(tmp_path), out=tmp_path / "out")
-    fake = {("baseline", 0): 40.0, ("baseline", 1): 42.0, ("tat", 0): 50.0, ("tat", 1): 52.0}
-    results = [(run, {"student": {"miou": fake[run.variant, run.seed], "seconds_per_step": 0.1, "steps": 2}})
+    results = [(run, {"student": {"miou": mious[run.variant, run.seed], "seconds_per_step": 0.1, "steps": 2}})
                for run in sweep.runs]
     record = StageRecord("train_teacher", "f" * 64, {}, {}, {}, 1.0, "now")
-    table = summarise(sweep, {"teacher": {"miou": 60.0}}, record, results)
+    return summarise(sweep, {"teacher": {"miou": teacher_miou}}, record, results)
+
+
+def test_gap_closure_uses_the_baseline_variants_mean(tmp_path):
+    table = summary_of(tmp_path, {("baseline", 0): 40.0, ("baseline", 1): 42.0, ("tat", 0): 50.0, ("tat", 1): 52.0})
     assert table["variants"]["tat"]["gap_closure_percent"] == pytest.approx(100 * (51 - 41) / (60 - 41), abs=0.01)
     assert table["variants"]["baseline"]["gap_closure_percent"] == 0.0
     assert table["variants"]["tat"]["miou_std"] == pytest.approx(statistics.stdev([50.0, 52.0]), abs=1e-4)
@@ -369,15 +373,9 @@ def test_gap_closure_uses_the_baseline_variants_mean(tmp_path):
 def test_each_variant_is_compared_with_the_baseline_seed_by_seed(tmp_path):
     """Two seeds where the means differ by 4.5 but the variant is above on one seed only: the paired
     figures say so where the means cannot."""
-    from pipeline.orchestration.stage import StageRecord
-    from pipeline.orchestration.sweep import summarise, sweep_markdown
+    from pipeline.orchestration.sweep import sweep_markdown
 
-    sweep = load_sweep(write_sweep(tmp_path), out=tmp_path / "out")
-    fake = {("baseline", 0): 40.0, ("baseline", 1): 42.0, ("tat", 0): 50.0, ("tat", 1): 41.0}
-    results = [(run, {"student": {"miou": fake[run.variant, run.seed], "seconds_per_step": 0.1, "steps": 2}})
-               for run in sweep.runs]
-    record = StageRecord("train_teacher", "f" * 64, {}, {}, {}, 1.0, "now")
-    table = summarise(sweep, {"teacher": {"miou": 60.0}}, record, results)
+    table = summary_of(tmp_path, {("baseline", 0): 40.0, ("baseline", 1): 42.0, ("tat", 0): 50.0, ("tat", 1): 41.0})
     paired = table["variants"]["tat"]["paired_vs_baseline"]
     assert paired == {"mean": 4.5, "std": pytest.approx(statistics.stdev([10.0, -1.0]), abs=1e-4), "above": 1, "seeds": 2}
     assert "paired_vs_baseline" not in table["variants"]["baseline"]

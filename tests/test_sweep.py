@@ -285,6 +285,20 @@ def test_the_grid_shares_its_default_cells_with_the_table7_ablation():
             assert grid[grid_cell].section(section) == table7[table7_cell].section(section), (grid_cell, section)
 
 
+def test_the_grids_combined_cells_are_the_default_tat_with_one_setting_changed():
+    """patch_anchor_k1 and patch_anchor_2px_g36 answer whether a cell that led its half-only grid
+    still helps beside the other half: each must be the default's TaT with only that cell's setting."""
+    default = load_config(ROOT / "configs" / "default.yaml")
+    grid = {run.variant: run.config for run in load_sweep(ROOT / "configs" / "sweeps" / "ablation_tat_grid.yaml", seeds=1,
+                                                          base=ROOT / "configs" / "default.yaml").runs}
+    (tat,) = default.distill.methods
+    for variant, changed in (("patch_anchor_k1", {"anchors": [12, 12]}),
+                             ("patch_anchor_2px_g36", {"patches": [6, 6], "groups": 36})):
+        (method,) = grid[variant].distill.methods
+        assert method.model_dump() == tat.model_copy(update=changed).model_dump(), variant
+        assert grid[variant].distill.model_dump(exclude={"methods"}) == default.distill.model_dump(exclude={"methods"})
+
+
 def test_the_weight_sweep_varies_only_tats_weight_and_shares_its_default_cell():
     """tat_weight.yaml's header says tat_w3 is the default and can be hard-linked from the Table 7 sweep
     run on the default: that holds only while both read the same data, models and distillation."""

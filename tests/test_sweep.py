@@ -252,7 +252,11 @@ def test_the_plateau_config_is_the_default_with_longer_schedules_only():
     assert plateau.student.train.epochs > default.student.train.epochs
     assert plateau.teacher.train.epochs * (plateau.data.train_size // plateau.teacher.train.batch_size) > \
         default.teacher.train.epochs * (default.data.train_size // default.teacher.train.batch_size)
-    assert plateau.distill.model_dump(exclude={"warmup_steps"}) == default.distill.model_dump(exclude={"warmup_steps"})
+    # ... and TaT's patches: the plateau regime keeps the 4x4-position patches its tables were measured with.
+    assert plateau.distill.model_dump(exclude={"warmup_steps", "methods"}) == \
+        default.distill.model_dump(exclude={"warmup_steps", "methods"})
+    (plateau_tat,), (default_tat,) = plateau.distill.methods, default.distill.methods
+    assert plateau_tat.model_dump(exclude={"patches", "groups"}) == default_tat.model_dump(exclude={"patches", "groups"})
     # The distillation ramp is the same share of the students' steps in both.
     def steps(config):
         train = config.student.train
@@ -285,31 +289,38 @@ def test_the_grid_shares_its_default_cells_with_the_table7_ablation():
             assert grid[grid_cell].section(section) == table7[table7_cell].section(section), (grid_cell, section)
 
 
-def test_the_grids_combined_cells_are_the_default_tat_with_one_setting_changed():
+def test_the_grids_combined_cells_are_table7s_tat_with_one_setting_changed():
     """patch_anchor_k1 and patch_anchor_2px_g36 answer whether a cell that led its half-only grid
-    still helps beside the other half: each must be the default's TaT with only that cell's setting."""
+    still helps beside the other half: each must be Table 7's patch + anchor with only that cell's
+    setting changed. patch_anchor_2px_g36 became the default, so its runs are the default's."""
     default = load_config(ROOT / "configs" / "default.yaml")
     grid = {run.variant: run.config for run in load_sweep(ROOT / "configs" / "sweeps" / "ablation_tat_grid.yaml", seeds=1,
                                                           base=ROOT / "configs" / "default.yaml").runs}
-    (tat,) = default.distill.methods
+    table7 = {run.variant: run.config for run in load_sweep(ROOT / "configs" / "sweeps" / "ablation_tat.yaml", seeds=1,
+                                                            base=ROOT / "configs" / "default.yaml").runs}
+    (tat,) = table7["patch_anchor"].distill.methods
     for variant, changed in (("patch_anchor_k1", {"anchors": [12, 12]}),
                              ("patch_anchor_2px_g36", {"patches": [6, 6], "groups": 36})):
         (method,) = grid[variant].distill.methods
         assert method.model_dump() == tat.model_copy(update=changed).model_dump(), variant
-        assert grid[variant].distill.model_dump(exclude={"methods"}) == default.distill.model_dump(exclude={"methods"})
+    for section in ("data", "teacher", "student.model", "distill"):  # the student's seed is the sweep's
+        assert grid["patch_anchor_2px_g36"].section(section) == default.section(section), section
 
 
 def test_the_weight_sweep_varies_only_tats_weight_and_shares_its_default_cell():
-    """tat_weight.yaml's header says tat_w3 is the default and can be hard-linked from the Table 7 sweep
-    run on the default: that holds only while both read the same data, models and distillation."""
+    """tat_weight.yaml's header says tat_w3 is the default as it was before its patches changed and can be
+    hard-linked from the Table 7 sweep run on the default: that holds only while both read the same data,
+    models and distillation."""
     default = load_config(ROOT / "configs" / "default.yaml")
     weights = {run.variant: run.config for run in load_sweep(ROOT / "configs" / "sweeps" / "tat_weight.yaml", seeds=1).runs}
     table7 = {run.variant: run.config for run in load_sweep(ROOT / "configs" / "sweeps" / "ablation_tat.yaml", seeds=1,
                                                             base=ROOT / "configs" / "default.yaml").runs}
-    assert weights["tat_w3"].distill == default.distill
+    # Measured with the patches the default had then (3x3 of 4x4 positions), at the default's weight.
+    assert weights["tat_w3"].distill.model_dump(exclude={"methods"}) == default.distill.model_dump(exclude={"methods"})
     for section in ("data", "teacher", "student", "distill"):
         assert weights["tat_w3"].section(section) == table7["patch_anchor"].section(section), section
-    tat = default.distill.methods[0]
+    (tat,) = weights["tat_w3"].distill.methods
+    assert tat.weight == default.distill.methods[0].weight
     for variant, weight in (("tat_w1p5", 1.5), ("tat_w6", 6.0)):
         (method,) = weights[variant].distill.methods
         assert method.weight == weight
